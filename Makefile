@@ -1,0 +1,37 @@
+# domainlift — `make setup finetune` trains the default job; `make test` runs the tests.
+# JOB picks configs/$(JOB).yaml; ARGS passes dotted overrides, e.g. make finetune ARGS="train.epochs=1".
+PYTHON ?= .venv/bin/python
+JOB ?= sentiment-kitchen
+CONFIG ?= configs/$(JOB).yaml
+ARGS ?=
+# The CPU build of torch lies on this machine's disk; on a GPU machine use e.g. TORCH="torch==2.13.0" from
+# the CUDA index. It is installed before the project so pip never resolves a bare `torch` to a CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: setup finetune test test-fast quality style clean
+
+setup:
+	test -x $(PYTHON) || python3 -m venv .venv
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q "$(TORCH)"
+	$(PYTHON) -m pip install -q -e ".[dev]"
+
+finetune:
+	$(PYTHON) -m finetune --config $(CONFIG) $(ARGS)
+
+test:
+	$(PYTHON) -m pytest -q tests
+
+test-fast:  # unit tests only (tiny random models), about a minute
+	$(PYTHON) -m pytest -q -m "not slow" tests
+
+quality:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+style:
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .
+
+clean:
+	rm -rf artifacts .pytest_cache .ruff_cache

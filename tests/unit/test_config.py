@@ -1,0 +1,82 @@
+"""The job config: shipped YAMLs validate, typos are named, overrides are typed."""
+
+from pathlib import Path
+
+import pytest
+
+from domainlift.config import ConfigError, JobConfig, default_model_path, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_configs_are_shipped():
+    names = {p.stem for p in SHIPPED}
+    assert {
+        "sentiment-kitchen",
+        "sentiment-kitchen-lora",
+        "sentiment-books-to-kitchen",
+        "ner-conll2003-to-politics",
+    } <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_config_validates(path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # data paths are relative to the repo root, where make runs
+    cfg = load_config(path)
+    assert cfg.job == path.stem
+    for p in (cfg.data.source, cfg.data.target, cfg.pretrain.data):
+        assert p is None or Path(p).exists(), f"{path.name} names missing data {p}"
+    assert path.read_text().startswith("#"), "each config starts with its purpose and the command that runs it"
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path):
+    p = tmp_path / "job.yaml"
+    p.write_text("train:\n  learnin_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown config key train.learnin_rate.*train.learning_rate"):
+        load_config(p)
+
+
+def test_unknown_top_level_section(tmp_path):
+    p = tmp_path / "job.yaml"
+    p.write_text("trian:\n  epochs: 1\n")
+    with pytest.raises(ConfigError, match=r"unknown config key trian.*Did you mean train"):
+        load_config(p)
+
+
+def test_dotted_overrides_are_typed(tmp_path):
+    p = tmp_path / "job.yaml"
+    p.write_text("train:\n  epochs: 3\n")
+    cfg = load_config(p, ["train.epochs=1", "train.learning_rate=1e-4", "method.lora.target_modules=[query]"])
+    assert cfg.train.epochs == 1.0 and isinstance(cfg.train.epochs, float)
+    assert cfg.train.learning_rate == pytest.approx(1e-4)
+    assert cfg.method.lora.target_modules == ["query"]
+    assert cfg.job == "job"
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("train.epochs=many", "train.epochs must be float"),
+        ("method.name=qlora", "method.name is 'qlora'; choose one of full, lora"),
+        ("data.test_size=0", "data.test_size is 0"),
+        ("epochs", "must look like dotted.key=value"),
+        ("train.batch_size=0", "batch_size"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, override, match):
+    p = tmp_path / "job.yaml"
+    p.write_text("{}\n")
+    with pytest.raises(ConfigError, match=match):
+        load_config(p, [override])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_default_model_is_the_packaged_minilm():
+    path = default_model_path()
+    assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    assert JobConfig().model.path is None
