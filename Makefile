@@ -1,4 +1,4 @@
-# domainlift — `make setup finetune` trains the default job; `make test` runs the tests.
+# domainlift — `make setup finetune export` trains and exports the default job; `make test` runs the tests.
 # JOB picks configs/$(JOB).yaml; ARGS passes dotted overrides, e.g. make finetune ARGS="train.epochs=1".
 PYTHON ?= .venv/bin/python
 JOB ?= sentiment-kitchen
@@ -8,7 +8,7 @@ ARGS ?=
 # the CUDA index. It is installed before the project so pip never resolves a bare `torch` to a CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup finetune test test-fast quality style clean
+.PHONY: setup finetune export test test-fast quality style clean
 
 setup:
 	test -x $(PYTHON) || python3 -m venv .venv
@@ -18,6 +18,9 @@ setup:
 
 finetune:
 	$(PYTHON) -m finetune --config $(CONFIG) $(ARGS)
+
+export:  # checkpoint -> ONNX / int8 / int4 / pruned variants, verified; report in artifacts/$(JOB)/export/
+	$(PYTHON) -m export --config $(CONFIG) $(ARGS)
 
 test:
 	$(PYTHON) -m pytest -q tests

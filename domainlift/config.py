@@ -107,6 +107,33 @@ class TrainConfig:
 
 
 @dataclass
+class ExportConfig:
+    # Variants to build from the checkpoint (python -m export --list shows all names). "pruned-<pct>-<base>"
+    # prunes <pct>% of attention heads and FFN neurons, recovers, then builds <base> from the pruned model.
+    variants: list = field(
+        default_factory=lambda: [
+            "onnx-fp32",
+            "onnx-int8-dynamic",
+            "onnx-int8-static",
+            "onnx-int4",
+            "pruned-30-onnx-int8-dynamic",
+        ]
+    )
+    # Gate: a variant whose test metric is below this fraction of the checkpoint's is rejected (MLPerf's
+    # rule for quantized BERT is 0.99).
+    min_accuracy_ratio: float = 0.99
+    opset: int = 18
+    # onnx-int8-static: calibrated on the target domain's *unlabeled* text (never the test set).
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_samples: int = 200
+    int4_block_size: int = 32  # onnx-int4: weights quantized in blocks of this many input features
+    prune_recovery_epochs: float = 1.0  # short fine-tune after pruning, on the job's training data
+    prune_distill: bool = True  # recover by distilling from the unpruned checkpoint's logits
+    latency_samples: int = 100  # test texts timed one at a time (batch 1, natural length)
+    latency_threads: int | None = None  # intra-op threads for timing; null = all cores
+
+
+@dataclass
 class JobConfig:
     job: str | None = None  # artifacts go to <output_dir>/<job>/; null = the config file's name
     output_dir: str = "artifacts"
@@ -115,6 +142,7 @@ class JobConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     @property
     def job_dir(self) -> Path:
@@ -238,5 +266,10 @@ def _check(cfg: JobConfig) -> None:
         raise ConfigError("train.batch_size and train.gradient_accumulation_steps must be positive")
     if cfg.model.max_length < 8:
         raise ConfigError(f"model.max_length is {cfg.model.max_length}; use at least 8 tokens")
+    e = cfg.export
+    if not 0 < e.min_accuracy_ratio <= 1:
+        raise ConfigError(f"export.min_accuracy_ratio is {e.min_accuracy_ratio}; use a fraction in (0, 1]")
+    if e.int4_block_size < 16 or e.int4_block_size & (e.int4_block_size - 1):
+        raise ConfigError(f"export.int4_block_size is {e.int4_block_size}; use a power of two >= 16 (32 is usual)")
     if cfg.method.name == "lora" and not cfg.method.lora.target_modules:
         raise ConfigError("method.lora.target_modules is empty: name the Linear modules, e.g. [query, value]")

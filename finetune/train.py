@@ -312,6 +312,11 @@ def peak_memory_mb() -> dict:
 
 
 def setup_logging() -> None:
+    # Our stages log at INFO on the main process; libraries (ONNX Runtime's quantizer logs every tensor) at WARNING.
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     level = logging.INFO if int(os.environ.get("LOCAL_RANK", "0")) == 0 else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in ("finetune", "export", "domainlift", "serve", "benchmarks"):
+        logging.getLogger(name).setLevel(level)
     transformers.logging.set_verbosity_warning()

@@ -1,0 +1,70 @@
+"""Run an artifact's model on already-tokenized inputs, whatever its runtime: one small interface.
+
+    runner = load_runner(artifact_dir, threads=2)   # verifies the manifest first
+    logits = runner(batch)                           # batch: dict of int64 numpy arrays -> float32 numpy logits
+
+ONNX artifacts run in an ONNX Runtime session (CUDA provider when present); Hugging Face checkpoints run in
+PyTorch fp32 eager. Export verification, serving and benchmarks all use this, so they measure the same thing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from domainlift import manifest
+
+ONNX_FILE = "model.onnx"
+
+
+def runtime_of(root: Path) -> str:
+    return "onnxruntime" if (Path(root) / ONNX_FILE).is_file() else "torch"
+
+
+class OnnxRunner:
+    runtime = "onnxruntime"
+
+    def __init__(self, root: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        self.session = ort.InferenceSession(str(Path(root) / ONNX_FILE), opts, providers=providers)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, batch: dict) -> np.ndarray:
+        feed = {k: np.asarray(batch[k], dtype=np.int64) for k in self.input_names}
+        return self.session.run(None, feed)[0].astype(np.float32)
+
+
+class TorchRunner:
+    runtime = "torch"
+
+    def __init__(self, root: Path, threads: int | None = None, task: str | None = None):
+        import torch
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+        if threads:
+            torch.set_num_threads(threads)
+        arch = (AutoConfig.from_pretrained(root).architectures or [""])[0]
+        cls = AutoModelForTokenClassification if "TokenClassification" in arch else AutoModelForSequenceClassification
+        self.model = cls.from_pretrained(root, use_safetensors=True).eval()
+        self.torch = torch
+
+    def __call__(self, batch: dict) -> np.ndarray:
+        names = ("input_ids", "attention_mask", "token_type_ids")
+        with self.torch.inference_mode():
+            inputs = {k: self.torch.as_tensor(np.asarray(batch[k]), dtype=self.torch.long) for k in names if k in batch}
+            return self.model(**inputs).logits.float().numpy()
+
+
+def load_runner(root: Path, threads: int | None = None, verify: bool = True):
+    root = Path(root)
+    if verify:
+        manifest.verify(root)
+    return OnnxRunner(root, threads) if runtime_of(root) == "onnxruntime" else TorchRunner(root, threads)

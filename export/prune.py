@@ -1,0 +1,138 @@
+"""Structured pruning that really shrinks the matrices: attention heads and FFN neurons.
+
+Importance (Michel et al. 2019, "Are Sixteen Heads Really Better than One?"): on the source dev set,
+|d loss / d head_mask| per head, normalised per layer, and |activation x gradient| per FFN neuron.
+The least important `ratio` of heads (global ranking, at least one kept per layer) are removed with
+transformers' prune_heads (Q/K/V lose rows, the output projection loses columns), and the same `ratio`
+of FFN neurons is removed from every layer (intermediate rows + output columns), so config.intermediate_size
+stays one number and the pruned model saves and loads as a plain Hugging Face model. A short recovery
+fine-tune follows, by default distilling from the unpruned model's logits.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainingArguments
+
+log = logging.getLogger(__name__)
+
+
+def importance(model, batches: list[dict]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(head importance [layers, heads], FFN neuron importance per layer) from gradients on labelled batches."""
+    cfg = model.config
+    layers = list(model.base_model.encoder.layer)
+    head_mask = torch.ones(cfg.num_hidden_layers, cfg.num_attention_heads, requires_grad=True)
+    acts: list[torch.Tensor] = []
+
+    def keep_activation(module, inputs, output):  # returns None: a hook's return value would replace the output
+        output.retain_grad()
+        acts.append(output)
+
+    hooks = [layer.intermediate.register_forward_hook(keep_activation) for layer in layers]
+    ffn = [torch.zeros(layer.intermediate.dense.out_features) for layer in layers]
+    model.eval()  # no dropout: the score of the model as it will run
+    try:
+        for batch in batches:
+            acts.clear()
+            out = model(**batch, head_mask=head_mask)
+            out.loss.backward()
+            for i, a in enumerate(acts):
+                ffn[i] += (a * a.grad).abs().sum(dim=(0, 1)).detach()
+    finally:
+        for h in hooks:
+            h.remove()
+    heads = head_mask.grad.abs().detach()
+    heads = heads / (heads.norm(dim=1, keepdim=True) + 1e-12)  # per-layer normalisation, as in the paper
+    model.zero_grad(set_to_none=True)
+    return heads, ffn
+
+
+def prune(model, heads_score: torch.Tensor, ffn_score: list[torch.Tensor], ratio: float) -> dict:
+    """Remove the least important heads and FFN neurons in place; return what was removed."""
+    n_layers, n_heads = heads_score.shape
+    n_prune = int(round(ratio * n_layers * n_heads))
+    order = sorted((heads_score[l, h].item(), l, h) for l in range(n_layers) for h in range(n_heads))
+    removed: dict[int, list[int]] = {}
+    for _, l, h in order:
+        if sum(len(v) for v in removed.values()) >= n_prune:
+            break
+        if len(removed.get(l, [])) < n_heads - 1:  # keep at least one head per layer
+            removed.setdefault(l, []).append(h)
+    model.prune_heads(removed)
+
+    keep = int(round((1 - ratio) * model.config.intermediate_size))
+    for layer, score in zip(model.base_model.encoder.layer, ffn_score):
+        idx = torch.sort(torch.topk(score, keep).indices).values
+        layer.intermediate.dense = _take(layer.intermediate.dense, idx, dim=0)
+        layer.output.dense = _take(layer.output.dense, idx, dim=1)
+    model.config.intermediate_size = keep
+    return {"heads_removed": {str(k): sorted(v) for k, v in removed.items()}, "ffn_kept_per_layer": keep}
+
+
+def _take(linear: torch.nn.Linear, idx: torch.Tensor, dim: int) -> torch.nn.Linear:
+    w = linear.weight.index_select(dim, idx).detach().clone()
+    bias = linear.bias is not None
+    new = torch.nn.Linear(w.shape[1], w.shape[0], bias=bias)
+    new.weight.data.copy_(w)
+    if bias:
+        new.bias.data.copy_(linear.bias.detach() if dim == 1 else linear.bias.index_select(0, idx).detach())
+    return new
+
+
+class DistillTrainer(Trainer):
+    """Loss = 0.5 * task CE + 0.5 * T^2 * KL(student/T || teacher/T), T = 2 (Hinton et al. 2015)."""
+
+    def __init__(self, *args, teacher=None, temperature: float = 2.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher.eval()
+        self.temperature = temperature
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = model(**inputs)
+        with torch.no_grad():
+            t_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        mask = (inputs["labels"] != -100).unsqueeze(-1) if out.logits.dim() == 3 else None
+        s, t = out.logits / self.temperature, t_logits / self.temperature
+        kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="none").sum(-1)
+        kl = kl[mask.squeeze(-1)].mean() if mask is not None else kl.mean()
+        loss = 0.5 * out.loss + 0.5 * self.temperature**2 * kl
+        return (loss, out) if return_outputs else loss
+
+
+def recover(
+    model,
+    teacher,
+    train_ds,
+    collator,
+    tokenizer,
+    out_dir: Path,
+    epochs: float,
+    distill: bool,
+    lr: float = 5e-5,
+    batch_size: int = 16,
+    seed: int = 42,
+):
+    args = TrainingArguments(
+        output_dir=str(out_dir),
+        num_train_epochs=epochs,
+        learning_rate=lr,
+        per_device_train_batch_size=batch_size,
+        warmup_ratio=0.1,
+        weight_decay=0.01,
+        group_by_length=True,
+        length_column_name="length",
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        seed=seed,
+        logging_steps=20,
+        disable_tqdm=False,
+    )
+    kwargs = dict(model=model, args=args, train_dataset=train_ds, data_collator=collator, processing_class=tokenizer)
+    trainer = DistillTrainer(teacher=teacher, **kwargs) if distill else Trainer(**kwargs)
+    trainer.train()
+    return trainer.model

@@ -1,0 +1,214 @@
+"""The export stage on a tiny random BERT fine-tuned on an easy synthetic task (so accuracy means something)."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from conftest import ROOT, write_config
+
+from domainlift import manifest
+from domainlift.config import ConfigError, load_config
+from domainlift.runtime import OnnxRunner, load_runner
+from export import build
+from export.stage import Exporter, parse_variant
+from finetune.train import run as finetune
+
+WORDS = "the a this that product item thing it works arrived box kitchen cup pan".split()
+
+
+def _easy_data(path):
+    """Sentiment carried by one keyword: a 2-layer BERT learns it in a few epochs."""
+    rng = random.Random(0)
+    rows = []
+    for i in range(480):
+        label = ["negative", "positive"][i % 2]
+        words = rng.sample(WORDS, 6)
+        words.insert(rng.randrange(6), "excellent" if label == "positive" else "terrible")
+        rows.append({"text": " ".join(words), "label": label})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("export-job")
+    _easy_data(tmp / "easy.jsonl")
+    cfg_path = write_config(
+        tmp,
+        model={"path": str(tiny_model_dir), "max_length": 32},
+        data={
+            "source": str(tmp / "easy.jsonl"),
+            "target": str(tmp / "easy.jsonl"),
+            "test_size": 80,
+            "dev_size": 40,
+            "max_train_samples": None,
+            "max_eval_samples": None,
+        },
+        train={"epochs": 4, "learning_rate": 3e-3, "batch_size": 16},
+        export={"variants": ["onnx-fp32", "onnx-int8-dynamic"], "latency_samples": 10, "prune_recovery_epochs": 1},
+    )
+    cfg = load_config(cfg_path)
+    finetune(cfg)
+    acc = json.loads((cfg.job_dir / "checkpoint/metrics.json").read_text())["target_test"]["accuracy"]
+    assert acc >= 0.9, f"the tiny model should learn the keyword task, got {acc}"
+    return cfg_path
+
+
+def test_every_cpu_variant_builds_verifies_and_loads(job):
+    cfg = load_config(job)
+    variants = [
+        "onnx-fp32",
+        "onnx-int8-dynamic",
+        "onnx-int8-static",
+        "onnx-int4",
+        "pruned-50",
+        "pruned-50-onnx-int8-dynamic",
+        "onnx-fp16",
+        "torch-int8",
+        "torch-nf4",
+    ]
+    report = Exporter(cfg).run(variants)
+    rows = {r["variant"]: r for r in report["rows"]}
+    out = cfg.job_dir / "export"
+    for name in ("onnx-fp32", "onnx-int8-dynamic", "onnx-int8-static", "onnx-int4", "pruned-50-onnx-int8-dynamic"):
+        m = manifest.verify(out / name)
+        assert m["parent"]["sha256"] == manifest.read(cfg.job_dir / "checkpoint")["sha256"]
+        assert m["recipe"]["variant"] == name and "accepted" in m["quality"]
+        runner = OnnxRunner(out / name)  # a fresh ONNX Runtime session
+        logits = runner(
+            {
+                "input_ids": np.array([[101, 2023, 102]]),
+                "attention_mask": np.ones((1, 3)),
+                "token_type_ids": np.zeros((1, 3)),
+            }
+        )
+        assert logits.shape == (1, 2) and np.isfinite(logits).all()
+    assert rows["onnx-fp32"]["max_abs_dlogit"] < 1e-4 and rows["onnx-fp32"]["agreement"] == 1.0
+    # GPU-only variants are skipped here with a reason, not failed
+    for name in ("onnx-fp16", "torch-int8", "torch-nf4"):
+        assert rows[name]["status"] == "skipped" and ("GPU" in rows[name]["reason"] or "CUDA" in rows[name]["reason"])
+    ops = {n.op_type for n in onnx.load(str(out / "onnx-int4/model.onnx")).graph.node}
+    assert "MatMulNBits" in ops
+    ops = {n.op_type for n in onnx.load(str(out / "onnx-int8-dynamic/model.onnx")).graph.node}
+    assert "QAttention" in ops or "MatMulInteger" in ops, ops
+    ops = {n.op_type for n in onnx.load(str(out / "onnx-int8-static/model.onnx")).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert rows["onnx-int8-dynamic"]["size_bytes"] < 0.5 * rows["onnx-fp32"]["size_bytes"]
+    # report + best
+    assert (out / "report.md").is_file() and json.loads((out / "report.json").read_text())["best"] == report["best"]
+    assert (out / "best").is_symlink() and (out / "best").resolve().parent == out.resolve()
+    assert rows[report["best"]]["status"] == "accepted"
+
+
+def test_pruning_really_shrinks_the_matrices(job):
+    cfg = load_config(job)
+    Exporter(cfg).run(["pruned-50"])
+    d = cfg.job_dir / "export/pruned-50"
+    runner = load_runner(d)
+    model = runner.model
+    layer0 = model.bert.encoder.layer[0]
+    assert model.config.intermediate_size == 32  # 64 FFN neurons -> 32
+    assert layer0.intermediate.dense.weight.shape == (32, 32)
+    assert layer0.output.dense.weight.shape == (32, 32)
+    heads = sum(layer.attention.self.num_attention_heads for layer in model.bert.encoder.layer)
+    assert heads == 2, "4 heads, 50% pruned, at least one kept per layer"
+    assert (
+        json.loads((d / "pruning.json").read_text())["parameters"][1]
+        < json.loads((d / "pruning.json").read_text())["parameters"][0]
+    )
+
+
+def test_rerun_is_idempotent_and_force_rebuilds(job):
+    cfg = load_config(job)
+    Exporter(cfg).run(["onnx-fp32"])
+    first = manifest.read(cfg.job_dir / "export/onnx-fp32")["created"]
+    mtime = (cfg.job_dir / "export/onnx-fp32/model.onnx").stat().st_mtime_ns
+    Exporter(cfg).run(["onnx-fp32"])
+    assert (cfg.job_dir / "export/onnx-fp32/model.onnx").stat().st_mtime_ns == mtime, "up to date: not rebuilt"
+    Exporter(cfg, force=True).run(["onnx-fp32"])
+    assert (cfg.job_dir / "export/onnx-fp32/model.onnx").stat().st_mtime_ns != mtime
+    assert manifest.read(cfg.job_dir / "export/onnx-fp32")["created"] >= first
+
+
+def test_gate_rejects_a_broken_variant(job, monkeypatch):
+    """A variant whose logits are negated predicts the opposite class: the gate must reject it."""
+    cfg = load_config(job)
+    real_optimize = build.optimize
+
+    def broken_optimize(src, dst, **kw):
+        real_optimize(src, dst, **kw)
+        model = onnx.load(str(dst))
+        producer = next(n for n in model.graph.node if "logits" in n.output)
+        producer.output[list(producer.output).index("logits")] = "logits_raw"
+        model.graph.node.append(onnx.helper.make_node("Neg", ["logits_raw"], ["logits"]))
+        onnx.save(model, str(dst))
+
+    monkeypatch.setattr(build, "optimize", broken_optimize)
+    report = Exporter(cfg, force=True).run(["onnx-fp32"])
+    row = next(r for r in report["rows"] if r["variant"] == "onnx-fp32")
+    assert row["status"] == "rejected" and row["ratio"] < 0.5
+    assert "below export.min_accuracy_ratio" in row["reason"]
+    assert manifest.read(cfg.job_dir / "export/onnx-fp32")["quality"]["accepted"] is False
+    monkeypatch.undo()
+    Exporter(cfg, force=True).run(["onnx-fp32"])  # leave a good variant for the other tests
+
+
+def test_unknown_variant_lists_the_valid_ones(job):
+    with pytest.raises(ConfigError, match=r"unknown variant 'onnx-int3'; valid variants: onnx-fp32, onnx-fp16"):
+        parse_variant("onnx-int3", load_config(job))
+    with pytest.raises(ConfigError, match=r"prune ratio must be in \(0, 100\)"):
+        parse_variant("pruned-0-onnx-fp32", load_config(job))
+    with pytest.raises(ConfigError, match=r"prune ratio must be in \(0, 100\)"):
+        parse_variant("pruned-100", load_config(job))
+
+
+def test_int4_block_size_that_does_not_divide(job):
+    cfg = load_config(job, ["export.int4_block_size=64"])  # hidden size 32 is not a multiple of 64
+    with pytest.raises(RuntimeError, match="failed to build: onnx-int4"):
+        Exporter(cfg, force=True).run(["onnx-int4"])
+    report = json.loads((cfg.job_dir / "export/report.json").read_text())
+    row = next(r for r in report["rows"] if r["variant"] == "onnx-int4")
+    assert row["status"] == "failed" and "does not divide the input dimension" in row["reason"]
+    assert not list((cfg.job_dir / "export").glob(".onnx-int4.tmp-*")), "nothing half-written"
+
+
+def test_tampered_checkpoint_is_refused(job, tmp_path):
+    cfg = load_config(job, [f"output_dir={tmp_path}"])
+    src = load_config(job).job_dir / "checkpoint"
+    dst = cfg.job_dir / "checkpoint"
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    with (dst / "model.safetensors").open("r+b") as f:
+        f.seek(-8, os.SEEK_END)
+        f.write(b"\x00" * 8)
+    with pytest.raises(manifest.ManifestError, match="model.safetensors does not match its sha256"):
+        Exporter(cfg)
+
+
+def test_missing_checkpoint_via_cli(tmp_path):
+    cfg = write_config(tmp_path)
+    p = subprocess.run(
+        [sys.executable, "-m", "export", "--config", str(cfg)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert p.returncode == 2 and "no checkpoint at" in p.stderr and "make finetune" in p.stderr
+
+
+def test_static_quantization_without_calibration_text(tmp_path):
+    with pytest.raises(ValueError, match="needs calibration text"):
+        build.quantize_static(tmp_path / "x.onnx", tmp_path / "y.onnx", [], "minmax")
+
+
+def test_architecture_without_onnx_export(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "made-up-encoder"}))
+    with pytest.raises(ConfigError, match="ONNX export does not support text-classification for architecture"):
+        build.check_onnx_support(tmp_path, "text-classification")
