@@ -116,7 +116,7 @@ class ExportConfig:
             "onnx-int8-dynamic",
             "onnx-int8-static",
             "onnx-int4",
-            "pruned-30-onnx-int8-dynamic",
+            "pruned-50-onnx-int8-dynamic",
         ]
     )
     # Gate: a variant whose test metric is below this fraction of the checkpoint's is rejected (MLPerf's

@@ -4,7 +4,8 @@
     logits = runner(batch)                           # batch: dict of int64 numpy arrays -> float32 numpy logits
 
 ONNX artifacts run in an ONNX Runtime session (CUDA provider when present); Hugging Face checkpoints run in
-PyTorch fp32 eager. Export verification, serving and benchmarks all use this, so they measure the same thing.
+PyTorch eager (fp32 on the CPU; bitsandbytes-quantized weights on the GPU). Export verification, serving
+and benchmarks all use this, so they measure the same thing.
 """
 
 from __future__ import annotations
@@ -45,22 +46,31 @@ class OnnxRunner:
 class TorchRunner:
     runtime = "torch"
 
-    def __init__(self, root: Path, threads: int | None = None, task: str | None = None):
+    def __init__(self, root: Path, threads: int | None = None):
         import torch
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
         if threads:
             torch.set_num_threads(threads)
-        arch = (AutoConfig.from_pretrained(root).architectures or [""])[0]
+        config = AutoConfig.from_pretrained(root)
+        arch = (config.architectures or [""])[0]
         cls = AutoModelForTokenClassification if "TokenClassification" in arch else AutoModelForSequenceClassification
-        self.model = cls.from_pretrained(root, use_safetensors=True).eval()
+        # bitsandbytes weights (torch-int8 / torch-nf4) only run on a CUDA GPU; plain weights run on the CPU.
+        quantized = getattr(config, "quantization_config", None) is not None
+        kwargs = {"device_map": {"": 0}} if quantized else {}
+        self.model = cls.from_pretrained(root, use_safetensors=True, **kwargs).eval()
+        self.device = self.model.device
         self.torch = torch
 
     def __call__(self, batch: dict) -> np.ndarray:
         names = ("input_ids", "attention_mask", "token_type_ids")
         with self.torch.inference_mode():
-            inputs = {k: self.torch.as_tensor(np.asarray(batch[k]), dtype=self.torch.long) for k in names if k in batch}
-            return self.model(**inputs).logits.float().numpy()
+            inputs = {
+                k: self.torch.as_tensor(np.asarray(batch[k]), dtype=self.torch.long, device=self.device)
+                for k in names
+                if k in batch
+            }
+            return self.model(**inputs).logits.float().cpu().numpy()
 
 
 def load_runner(root: Path, threads: int | None = None, verify: bool = True):

@@ -212,3 +212,57 @@ def test_architecture_without_onnx_export(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "made-up-encoder"}))
     with pytest.raises(ConfigError, match="ONNX export does not support text-classification for architecture"):
         build.check_onnx_support(tmp_path, "text-classification")
+
+
+def test_token_classification_variants(tmp_path, tiny_model_dir):
+    politics = str(ROOT / "data/crossner/politics")
+    cfg = load_config(
+        write_config(
+            tmp_path,
+            model={"path": str(tiny_model_dir), "max_length": 48},
+            data={
+                "task": "token-classification",
+                "source": politics,
+                "target": politics,
+                "max_train_samples": 48,
+                "max_eval_samples": 24,
+            },
+            export={"latency_samples": 5, "prune_recovery_epochs": 1, "calibration_samples": 16},
+        )
+    )
+    finetune(cfg)
+    report = Exporter(cfg).run(
+        ["onnx-fp32", "onnx-int8-dynamic", "onnx-int8-static", "onnx-int4", "pruned-50-onnx-int8-dynamic"]
+    )
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert all(rows[n]["status"] in ("accepted", "rejected") for n in rows if n != "checkpoint (PyTorch fp32)")
+    assert rows["onnx-fp32"]["max_abs_dlogit"] < 1e-4 and rows["onnx-fp32"]["agreement"] == 1.0
+    logits = OnnxRunner(cfg.job_dir / "export/onnx-int8-dynamic")(
+        {
+            "input_ids": np.array([[101, 2023, 2003, 102]]),
+            "attention_mask": np.ones((1, 4)),
+            "token_type_ids": np.zeros((1, 4)),
+        }
+    )
+    assert logits.shape == (1, 4, 19), "one score per token and politics tag"
+
+
+def _has_bitsandbytes_gpu() -> bool:
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_bitsandbytes_gpu(), reason="bitsandbytes variants need a CUDA GPU and bitsandbytes")
+def test_bitsandbytes_variants_save_and_reload(job):
+    cfg = load_config(job)
+    report = Exporter(cfg).run(["torch-int8", "torch-nf4"])
+    rows = {r["variant"]: r for r in report["rows"]}
+    for name in ("torch-int8", "torch-nf4"):
+        assert rows[name]["status"] in ("accepted", "rejected"), rows[name]
+        config = json.loads((cfg.job_dir / "export" / name / "config.json").read_text())
+        assert "quantization_config" in config, "saved quantized: reloads without re-quantizing"
+        load_runner(cfg.job_dir / "export" / name)
