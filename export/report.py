@@ -14,7 +14,8 @@ def write_report(out: Path, report: dict) -> None:
         f"# Export report — {report['job']}",
         "",
         f"Test set: target domain, metric {report['metric']}; latency: batch 1, natural lengths, "
-        f"{report['threads']} threads, median over the timed test inputs. "
+        f"{report['threads']} threads, median over the timed test inputs "
+        "(median of 3 rounds, order rotated). "
         f"Gate: ratio >= {report['min_accuracy_ratio']}.",
         "",
         "| variant | status | size MB | size vs fp32 | " + report["metric"] + " | ratio | agreement | max abs Δlogit "

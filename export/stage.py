@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import statistics
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,11 +235,20 @@ class Exporter:
         logits = evaluate.predict(self.runner(root), self.test, self.tokenizer)
         return evaluate.compare(self.task, self.labels, logits, ref_logits, self.gold)
 
-    def time_all(self, dirs: dict[str, Path]) -> dict[str, dict]:
-        """Batch-1 latency of every model in one pass after all building is done, so training threads and
-        build work never overlap a measurement and all variants are timed under the same conditions."""
+    def time_all(self, dirs: dict[str, Path], rounds: int = 3) -> dict[str, dict]:
+        """Batch-1 latency of every model after all building is done, in `rounds` rounds with the order rotated
+        each round; each model's p50/total is the median over rounds. A machine whose speed drifts (shared
+        cores, other load) then slows every model alike instead of whichever happened to run at the time."""
         n = self.cfg.export.latency_samples
-        return {name: evaluate.latency_ms(self.runner(d), self.test, self.tokenizer, n) for name, d in dirs.items()}
+        names = list(dirs)
+        per_round: dict[str, list[dict]] = {name: [] for name in names}
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                per_round[name].append(evaluate.latency_ms(self.runner(dirs[name]), self.test, self.tokenizer, n))
+        return {
+            name: {key: statistics.median(m[key] for m in runs) for key in ("p50", "mean", "total")}
+            for name, runs in per_round.items()
+        }
 
     def up_to_date(self, v: Variant) -> dict | None:
         d = self.out / v.name
