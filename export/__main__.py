@@ -4,21 +4,15 @@ python -m export --config configs/sentiment-kitchen.yaml
 python -m export --config configs/sentiment-kitchen.yaml --variants onnx-int8-dynamic,onnx-int4 --force
 """
 
-import argparse
-import os
 import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from domainlift.cli import job_parser, stay_offline
+
+stay_offline()
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", required=True, help="job YAML, e.g. configs/sentiment-kitchen.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. export.min_accuracy_ratio=0.98")
+    parser = job_parser("python -m export", __doc__)
     parser.add_argument("--variants", help="comma-separated variant names (default: export.variants in the config)")
     parser.add_argument("--force", action="store_true", help="rebuild variants that are up to date")
     args = parser.parse_args(argv)

@@ -5,23 +5,15 @@ python -m finetune --config configs/sentiment-kitchen.yaml train.epochs=1 data.m
 torchrun --nproc_per_node 2 -m finetune --config configs/<job>.yaml     # several GPUs / processes
 """
 
-import argparse
-import os
 import sys
 
-# Everything is local: never wait on a model hub or telemetry endpoint that cannot be reached.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+from domainlift.cli import job_parser, stay_offline
+
+stay_offline()
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m finetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", required=True, help="job YAML, e.g. configs/sentiment-kitchen.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.epochs=1")
+    parser = job_parser("python -m finetune", __doc__)
     parser.add_argument(
         "--resume", action="store_true", help="continue from the last saved state in artifacts/<job>/run"
     )

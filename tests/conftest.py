@@ -14,6 +14,17 @@ ROOT = Path(__file__).resolve().parent.parent
 KITCHEN = str(ROOT / "data/amazon-reviews/kitchen.jsonl")
 BOOKS = str(ROOT / "data/amazon-reviews/books.jsonl")
 CROSSNER = ROOT / "data/crossner"
+# The checkpoint contract: exactly these files (plus adapter/ for LoRA).
+CHECKPOINT_FILES = {
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+    "metrics.json",
+    "manifest.json",
+}
 
 
 @pytest.fixture(scope="session")

@@ -10,22 +10,13 @@ import subprocess
 import sys
 
 import pytest
+from conftest import CHECKPOINT_FILES as FILES
 from conftest import CROSSNER, KITCHEN, ROOT, write_config
 
 from domainlift import manifest
 
 pytestmark = pytest.mark.slow
 
-FILES = {
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "special_tokens_map.json",
-    "metrics.json",
-    "manifest.json",
-}
 ADAPTER = {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/README.md"}
 
 

@@ -10,24 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CROSSNER, ROOT, write_config
+from conftest import CHECKPOINT_FILES, CROSSNER, ROOT, write_config
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
 from domainlift import manifest
 from domainlift.config import ConfigError, load_config
 from finetune.train import run
-
-CHECKPOINT_FILES = {
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "special_tokens_map.json",
-    "metrics.json",
-    "manifest.json",
-}
 
 
 def _files(d: Path) -> set:

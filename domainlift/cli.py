@@ -1,0 +1,17 @@
+"""What every stage's command line shares: offline mode and the `--config` + dotted-overrides arguments."""
+
+import argparse
+import os
+
+
+def stay_offline() -> None:
+    """Everything is local: never wait on a model hub or telemetry endpoint that cannot be reached."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+        os.environ.setdefault(var, "1")
+
+
+def job_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="job YAML, e.g. configs/sentiment-kitchen.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.epochs=1")
+    return parser
