@@ -19,11 +19,11 @@ import onnx
 from domainlift.runtime import ONNX_FILE
 
 log = logging.getLogger(__name__)
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "config.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
-def copy_tokenizer_and_config(src: Path, dst: Path) -> None:
-    for name in _TOKENIZER_FILES:
+def copy_tokenizer_and_config(src: Path, dst: Path, config: bool = True) -> None:
+    for name in _TOKENIZER_FILES + (("config.json",) if config else ()):
         if (Path(src) / name).is_file():
             shutil.copy2(Path(src) / name, Path(dst) / name)
 
@@ -198,6 +198,4 @@ def bitsandbytes_weights(model_dir: Path, dst: Path, task: str, bits: int) -> No
         )
     model = model_class(task).from_pretrained(model_dir, quantization_config=qcfg, device_map={"": 0})
     model.save_pretrained(dst, safe_serialization=True)
-    for name in _TOKENIZER_FILES[:-1]:  # tokenizer only: keep the config.json that records the quantization
-        if (Path(model_dir) / name).is_file():
-            shutil.copy2(Path(model_dir) / name, Path(dst) / name)
+    copy_tokenizer_and_config(model_dir, dst, config=False)  # keep the config.json that records the quantization

@@ -24,7 +24,7 @@ from transformers import AutoTokenizer
 
 from domainlift import manifest
 from domainlift.config import ConfigError, JobConfig
-from domainlift.runtime import ONNX_FILE, OnnxRunner, TorchRunner
+from domainlift.runtime import ONNX_FILE, TorchRunner, load_runner
 from export import build, evaluate, prune
 from finetune import data as data_mod
 from finetune import tasks
@@ -229,7 +229,7 @@ class Exporter:
     # ---- verifying ------------------------------------------------------------------------------------
 
     def runner(self, root: Path):
-        return OnnxRunner(root, self.threads) if (root / ONNX_FILE).is_file() else TorchRunner(root, self.threads)
+        return load_runner(root, self.threads, verify=False)  # verified once, when built or found up to date
 
     def measure(self, root: Path, ref_logits) -> dict:
         logits = evaluate.predict(self.runner(root), self.test, self.tokenizer)
@@ -338,7 +338,7 @@ class Exporter:
                     speedup_p50=ref_lat["p50"] / lat["p50"],
                     speedup_total=ref_lat["total"] / lat["total"],
                 )
-        report = self._report(rows, metric, ref_quality)
+        report = self._report(rows, metric)
         shutil.rmtree(self.work, ignore_errors=True)
         if failed:
             raise RuntimeError(f"variants failed to build: {', '.join(failed)} (see {self.out / 'report.md'})")
@@ -358,7 +358,7 @@ class Exporter:
                 f"below export.min_accuracy_ratio={self.cfg.export.min_accuracy_ratio}"
             )
 
-    def _report(self, rows: list[dict], metric: str, ref: dict) -> dict:
+    def _report(self, rows: list[dict], metric: str) -> dict:
         from export.report import write_report
 
         accepted = [r for r in rows if r["status"] == "accepted"]
