@@ -4,11 +4,12 @@ PYTHON ?= .venv/bin/python
 JOB ?= sentiment-kitchen
 CONFIG ?= configs/$(JOB).yaml
 ARGS ?=
+PORT ?= 3000
 # The CPU build of torch lies on this machine's disk; on a GPU machine use e.g. TORCH="torch==2.13.0" from
 # the CUDA index. It is installed before the project so pip never resolves a bare `torch` to a CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup finetune export test test-fast quality style clean
+.PHONY: setup finetune export serve bento test test-fast quality style clean
 
 setup:
 	test -x $(PYTHON) || python3 -m venv .venv
@@ -21,6 +22,12 @@ finetune:
 
 export:  # checkpoint -> ONNX / int8 / int4 / pruned variants, verified; report in artifacts/$(JOB)/export/
 	$(PYTHON) -m export --config $(CONFIG) $(ARGS)
+
+serve:  # the best exported variant behind BentoML on 127.0.0.1:$(PORT) (serve.variant= picks another)
+	$(PYTHON) -m serve --config $(CONFIG) --port $(PORT) $(ARGS)
+
+bento:  # a self-contained bento (bentofile.yaml) of the served variant; then `bentoml containerize`
+	$(PYTHON) -m serve --config $(CONFIG) --build $(ARGS)
 
 test:
 	$(PYTHON) -m pytest -q tests

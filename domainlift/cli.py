@@ -6,7 +6,13 @@ import os
 
 def stay_offline() -> None:
     """Everything is local: never wait on a model hub or telemetry endpoint that cannot be reached."""
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+    for var in (
+        "HF_HUB_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "HF_HUB_DISABLE_TELEMETRY",
+        "BENTOML_DO_NOT_TRACK",
+    ):
         os.environ.setdefault(var, "1")
 
 

@@ -134,6 +134,28 @@ class ExportConfig:
 
 
 @dataclass
+class ServeConfig:
+    # The export variant to serve: a directory name under artifacts/<job>/export/ ("best" = the fastest
+    # variant that passed the accuracy gate). `make serve VARIANT=onnx-int8-dynamic` picks another.
+    variant: str = "best"
+    workers: int = 1  # server processes; each runs cores // workers inference threads
+    # Adaptive batching: concurrent requests are merged into one model call of at most max_batch_size texts,
+    # waiting at most max_latency_ms; a request that cannot be served within it answers 503 (overload).
+    batching: bool = True
+    max_batch_size: int = 32
+    max_latency_ms: int = 5000
+    # Texts of a merged batch are sorted by length and run in micro-batches padded to their own longest
+    # text: on CPU, padding short texts to a long one costs more than batching gains.
+    micro_batch_size: int = 8
+    max_texts: int = 64  # texts per request; more answers 400
+    max_chars: int = 10000  # characters per text
+    # A text over max_chars: "reject" answers 400; "truncate" cuts it and flags the result `truncated: true`.
+    # (Texts over model.max_length tokens are always cut to it, and flagged the same way.)
+    long_text: Literal["reject", "truncate"] = "reject"
+    max_concurrency: int = 128  # requests in flight per worker; more answer 503 at once instead of queueing
+
+
+@dataclass
 class JobConfig:
     job: str | None = None  # artifacts go to <output_dir>/<job>/; null = the config file's name
     output_dir: str = "artifacts"
@@ -143,6 +165,7 @@ class JobConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     @property
     def job_dir(self) -> Path:
@@ -271,5 +294,27 @@ def _check(cfg: JobConfig) -> None:
         raise ConfigError(f"export.min_accuracy_ratio is {e.min_accuracy_ratio}; use a fraction in (0, 1]")
     if e.int4_block_size < 16 or e.int4_block_size & (e.int4_block_size - 1):
         raise ConfigError(f"export.int4_block_size is {e.int4_block_size}; use a power of two >= 16 (32 is usual)")
+    _check_serve(cfg.serve)
     if cfg.method.name == "lora" and not cfg.method.lora.target_modules:
         raise ConfigError("method.lora.target_modules is empty: name the Linear modules, e.g. [query, value]")
+
+
+def _check_serve(s: ServeConfig) -> None:
+    for name in (
+        "workers",
+        "max_batch_size",
+        "max_latency_ms",
+        "micro_batch_size",
+        "max_texts",
+        "max_chars",
+        "max_concurrency",
+    ):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"serve.{name} is {getattr(s, name)}; it must be positive")
+
+
+def serve_config(values: dict, origin: str = "bento arguments") -> ServeConfig:
+    """The serve section from a plain dict (bento arguments): validated like the YAML."""
+    cfg = _build(ServeConfig, values, prefix="serve.", origin=origin)
+    _check_serve(cfg)
+    return cfg

@@ -1,6 +1,9 @@
 """Shared fixtures: a tiny random BERT (2 layers, hidden 32) and job configs written to tmp dirs."""
 
+import json
 import os
+import random
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,9 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+# Tests never touch the user's ~/bentoml: models and bentos go to a store of their own.
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="domainlift-test-bentoml-")
 
 ROOT = Path(__file__).resolve().parent.parent
 KITCHEN = str(ROOT / "data/amazon-reviews/kitchen.jsonl")
@@ -72,3 +78,38 @@ def write_config(path: Path, **sections) -> Path:
     cfg_path = path / "job.yaml"
     cfg_path.write_text(yaml.safe_dump(base))
     return cfg_path
+
+
+FILLER = "the a this that product item thing it works arrived box kitchen cup pan".split()
+
+
+def write_easy_sentiment(path: Path, n: int = 480) -> None:
+    """Sentiment carried by one keyword ("excellent" / "terrible"): a 2-layer BERT learns it in a few epochs."""
+    rng = random.Random(0)
+    rows = []
+    for i in range(n):
+        label = ["negative", "positive"][i % 2]
+        words = rng.sample(FILLER, 6)
+        words.insert(rng.randrange(6), "excellent" if label == "positive" else "terrible")
+        rows.append({"text": " ".join(words), "label": label})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+CITIES = ["Paris", "London", "Berlin", "Madrid"]
+
+
+def write_easy_ner(path: Path, n: int = 400) -> None:
+    """CoNLL sentences where a city name is a location, sometimes two words ("New York"): learnable in minutes."""
+    rng = random.Random(0)
+    lines = []
+    for _ in range(n):
+        words = [(w, "O") for w in rng.sample(FILLER, 5)]
+        city = (
+            [("New", "B-location"), ("York", "I-location")]
+            if rng.random() < 0.3
+            else [(rng.choice(CITIES), "B-location")]
+        )
+        at = rng.randrange(len(words) + 1)
+        words[at:at] = city
+        lines += [f"{w}\t{t}" for w, t in words] + [""]
+    path.write_text("\n".join(lines) + "\n")

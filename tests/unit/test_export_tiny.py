@@ -2,14 +2,13 @@
 
 import json
 import os
-import random
 import subprocess
 import sys
 
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, write_config
+from conftest import ROOT, write_config, write_easy_sentiment
 
 from domainlift import manifest
 from domainlift.config import ConfigError, load_config
@@ -18,25 +17,11 @@ from export import build
 from export.stage import Exporter, parse_variant
 from finetune.train import run as finetune
 
-WORDS = "the a this that product item thing it works arrived box kitchen cup pan".split()
-
-
-def _easy_data(path):
-    """Sentiment carried by one keyword: a 2-layer BERT learns it in a few epochs."""
-    rng = random.Random(0)
-    rows = []
-    for i in range(480):
-        label = ["negative", "positive"][i % 2]
-        words = rng.sample(WORDS, 6)
-        words.insert(rng.randrange(6), "excellent" if label == "positive" else "terrible")
-        rows.append({"text": " ".join(words), "label": label})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("export-job")
-    _easy_data(tmp / "easy.jsonl")
+    write_easy_sentiment(tmp / "easy.jsonl")
     cfg_path = write_config(
         tmp,
         model={"path": str(tiny_model_dir), "max_length": 32},

@@ -1,0 +1,63 @@
+"""Serve an exported variant with BentoML: import it into the model store, then `bentoml serve` (or build a bento).
+
+python -m serve --config configs/sentiment-kitchen.yaml                   # artifacts/<job>/export/best, 127.0.0.1:3000
+python -m serve --config configs/sentiment-kitchen.yaml --port 3001 serve.variant=onnx-int8-dynamic
+python -m serve --config configs/sentiment-kitchen.yaml --build            # bentoml build: a self-contained bento
+"""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import yaml
+
+from domainlift.cli import job_parser, stay_offline
+
+stay_offline()
+SERVICE = "serve.service:DomainLift"
+
+
+def main(argv=None) -> int:
+    parser = job_parser("python -m serve", __doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    parser.add_argument("--port", type=int, default=3000)
+    parser.add_argument("--build", action="store_true", help="build a bento (bentofile.yaml) instead of serving")
+    args = parser.parse_args(argv)
+
+    from domainlift import manifest
+    from domainlift.config import ConfigError, load_config
+    from serve.model_store import import_variant
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        variant_dir = cfg.job_dir / "export" / cfg.serve.variant
+        if not variant_dir.is_dir():
+            raise ConfigError(
+                f"{variant_dir} does not exist: run `make export JOB={cfg.job}` first, or set serve.variant to one of "
+                f"the exported variants"
+            )
+        tag = import_variant(variant_dir)
+    except (ConfigError, manifest.ManifestError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    quality = manifest.read(variant_dir)["quality"]
+    if not quality.get("accepted"):
+        print(
+            f"warning: {variant_dir.name} was rejected by the export gate (accuracy ratio {quality.get('ratio')}); "
+            "serving it anyway because it was asked for by name",
+            file=sys.stderr,
+        )
+    arg_file = cfg.job_dir / "serve" / "args.yaml"
+    arg_file.parent.mkdir(parents=True, exist_ok=True)
+    arg_file.write_text(yaml.safe_dump({"model": tag, **dataclasses.asdict(cfg.serve)}, sort_keys=False))
+    print(f"model {tag} ({variant_dir.resolve().name}) is in the BentoML store; bento arguments in {arg_file}")
+    bentoml = [sys.executable, "-m", "bentoml"]
+    if args.build:
+        return subprocess.call([*bentoml, "build", "--arg-file", str(arg_file)])
+    command = [*bentoml, "serve", SERVICE, "--host", args.host, "--port", str(args.port), "--arg-file", str(arg_file)]
+    os.execv(sys.executable, command)  # the server takes over this process, so Ctrl-C and signals reach it
+
+
+if __name__ == "__main__":
+    sys.exit(main())

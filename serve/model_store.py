@@ -1,0 +1,62 @@
+"""Import an export variant into the BentoML model store, so a service (and `bentoml build`) can reference it.
+
+The model is named after the job and versioned by the variant's manifest digest (the sha256 over its files):
+importing the same artifact again finds that version and does nothing; a re-exported variant is a new version.
+The files go to <model>/artifact/ (BentoML keeps its own model.yaml beside them), where the service verifies
+them against the manifest again before loading.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from domainlift import manifest
+
+ARTIFACT = "artifact"  # sub-directory of the stored model that holds the variant exactly as exported
+
+
+def summary(m: dict) -> dict:
+    """What a client of the service is told about its model (POST /model) and the store keeps as metadata."""
+    quality = m.get("quality", {})
+    metric = "accuracy" if m["task"] == "text-classification" else "f1"
+    return {
+        "job": m["config"]["job"],
+        "variant": m["variant"],
+        "task": m["task"],
+        "runtime": m["runtime"],
+        "labels": list(m["labels"]),
+        "metric": metric,
+        "score": quality.get(metric),
+        "ratio_to_checkpoint": quality.get("ratio"),
+        "accepted": quality.get("accepted"),
+        "created": m["created"],
+        "sha256": m["sha256"],
+        "parent_sha256": m["parent"]["sha256"],
+    }
+
+
+def model_name(job: str) -> str:
+    """BentoML names allow lower-case letters, digits, '-', '_' and '.'."""
+    return re.sub(r"[^a-z0-9_.-]+", "-", job.lower()).strip("-_.") or "domainlift"
+
+
+def import_variant(variant_dir: Path) -> str:
+    """Verify the variant, copy it into the model store unless that version is there; returns the model tag."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    m = manifest.verify(variant_dir)  # never import an artifact whose files fail their hashes
+    if m.get("kind") != "variant":
+        raise manifest.ManifestError(f"{variant_dir} is a {m.get('kind')}, not an export variant: run `make export`")
+    tag = f"{model_name(m['config']['job'])}:{m['sha256'][:20]}"
+    try:
+        bentoml.models.get(tag)
+        return tag
+    except NotFound:
+        pass
+    info = summary(m)
+    with bentoml.models.create(tag, labels={"task": info["task"], "variant": info["variant"]}, metadata=info) as model:
+        shutil.copytree(Path(variant_dir).resolve(), model.path_of(ARTIFACT))
+    return tag

@@ -1,0 +1,177 @@
+"""The BentoML service: one exported domainlift model behind /classify or /extract_entities, adaptively batched.
+
+    make serve        # imports artifacts/<job>/export/best into the model store, then runs:
+    bentoml serve serve.service:DomainLift --arg-file artifacts/<job>/serve/args.yaml
+
+Its settings are bento arguments (the job's `serve:` section plus `model`, the model-store tag), so a bento built
+with `make bento` carries them and serves with no access to artifacts/.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import Annotated
+
+import bentoml
+from bentoml.exceptions import NotFound
+from pydantic import AfterValidator, BaseModel
+from starlette.responses import JSONResponse
+
+from domainlift.config import serve_config
+from serve.model_store import ARTIFACT, summary
+from serve.predictor import Predictor
+
+ARGS = dict(vars(bentoml.use_arguments()))
+MODEL_TAG = str(ARGS.pop("model", "sentiment-kitchen:latest"))
+SETTINGS = serve_config(ARGS)
+# workers x threads <= cores: each worker process gets its share of the cores for ONNX Runtime / torch.
+THREADS = max(1, (os.cpu_count() or 1) // SETTINGS.workers)
+
+# Domain-drift signals: the share of each label, and the model's confidence (a falling top-class probability is
+# the first sign that traffic moved out of the domain it was adapted to), and how long the inputs are.
+PREDICTIONS = bentoml.metrics.Counter(
+    name="domainlift_predictions", documentation="Predicted labels (classify) or entity types", labelnames=["label"]
+)
+CONFIDENCE = bentoml.metrics.Histogram(
+    name="domainlift_confidence",
+    documentation="Top-class probability per text (classify) or per entity (extract_entities)",
+    buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+)
+INPUT_TOKENS = bentoml.metrics.Histogram(
+    name="domainlift_input_tokens",
+    documentation="Input length in tokens after truncation to the model's max_length",
+    buckets=(8, 16, 32, 64, 128, 256, 512),
+)
+
+
+def check_texts(texts: list[str]) -> list[str]:
+    """Per request, before any batching: the messages name the limit and how to get under it."""
+    if not texts:
+        raise ValueError("texts is empty: send at least one text")
+    if len(texts) > SETTINGS.max_texts:
+        raise ValueError(
+            f"{len(texts)} texts in one request, over the limit of {SETTINGS.max_texts} (serve.max_texts): "
+            "split it into several requests"
+        )
+    if SETTINGS.long_text == "reject":
+        for i, text in enumerate(texts):
+            if len(text) > SETTINGS.max_chars:
+                raise ValueError(
+                    f"texts[{i}] has {len(text)} characters, over the limit of {SETTINGS.max_chars} "
+                    "(serve.max_chars): shorten it, or serve with serve.long_text=truncate"
+                )
+    return texts
+
+
+Texts = Annotated[list[str], AfterValidator(check_texts)]
+
+
+class Classification(BaseModel):
+    label: str
+    score: float  # probability of `label`
+    scores: dict[str, float]  # probability of every label
+    tokens: int  # input length in tokens, after truncation
+    truncated: bool  # the text was cut (serve.max_chars or the model's max_length) before prediction
+
+
+class Entity(BaseModel):
+    type: str
+    text: str  # == the request text[start:end]
+    start: int  # character offsets into the request text
+    end: int
+    score: float  # mean probability of the entity's word tags
+
+
+class Entities(BaseModel):
+    entities: list[Entity]
+    tokens: int
+    truncated: bool
+
+
+class Gate:
+    """ASGI middleware in front of every route but the health probes: bearer-token auth when DOMAINLIFT_API_KEY
+    is set, and a cap on requests in flight that answers 503 at once (a client retries; a queue would hang)."""
+
+    OPEN = frozenset({"/livez", "/readyz", "/healthz"})
+
+    def __init__(self, app, max_concurrency: int):
+        self.app = app
+        key = os.environ.get("DOMAINLIFT_API_KEY", "")
+        self.expected = f"Bearer {key}".encode() if key else None
+        self.max_concurrency = max_concurrency
+        self.in_flight = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.OPEN:
+            return await self.app(scope, receive, send)
+        if self.expected is not None:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):  # constant time: no timing oracle on the key
+                message = "missing or wrong API key: send the header 'Authorization: Bearer <DOMAINLIFT_API_KEY>'"
+                response = JSONResponse({"error": message}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                return await response(scope, receive, send)
+        if self.in_flight >= self.max_concurrency:
+            message = f"overloaded: {self.in_flight} requests in flight (serve.max_concurrency); retry shortly"
+            return await JSONResponse({"error": message}, status_code=503, headers={"Retry-After": "1"})(
+                scope, receive, send
+            )
+        self.in_flight += 1  # one event loop per worker: no lock needed between check and increment
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+@bentoml.service(workers=SETTINGS.workers, traffic={"timeout": 60})
+class DomainLift:
+    # A class attribute, so `bentoml build` packs this model into the bento.
+    model = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        self.predictor = Predictor(
+            self.model.path_of(ARTIFACT),
+            threads=THREADS,
+            micro_batch_size=SETTINGS.micro_batch_size,
+            max_chars=SETTINGS.max_chars,
+        )
+        self.info = {"tag": MODEL_TAG, **summary(self.predictor.manifest)}
+        self.predictor.warm_up()  # /readyz answers 200 only after this: loaded and warmed up
+
+    @bentoml.api(
+        batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms
+    )
+    def classify(self, texts: Texts) -> list[Classification]:
+        self._require("text-classification")
+        results = self.predictor.classify(texts)
+        for r in results:
+            PREDICTIONS.labels(label=r["label"]).inc()
+            CONFIDENCE.observe(r["score"])
+            INPUT_TOKENS.observe(r["tokens"])
+        return results
+
+    @bentoml.api(
+        batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms
+    )
+    def extract_entities(self, texts: Texts) -> list[Entities]:
+        self._require("token-classification")
+        results = self.predictor.extract_entities(texts)
+        for r in results:
+            INPUT_TOKENS.observe(r["tokens"])
+            for e in r["entities"]:
+                PREDICTIONS.labels(label=e["type"]).inc()
+                CONFIDENCE.observe(e["score"])
+        return results
+
+    @bentoml.api(route="/model")
+    def model_info(self) -> dict:
+        """The served variant: job, variant, task, labels, its test score and ratio to the checkpoint, hashes."""
+        return self.info
+
+    def _require(self, task: str) -> None:
+        if self.predictor.task != task:
+            other = "/classify" if self.predictor.task == "text-classification" else "/extract_entities"
+            raise NotFound(f"this service's model ({self.info['job']}) does {self.predictor.task}: POST to {other}")
+
+
+DomainLift.add_asgi_middleware(Gate, max_concurrency=SETTINGS.max_concurrency)
