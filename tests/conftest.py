@@ -113,3 +113,33 @@ def write_easy_ner(path: Path, n: int = 400) -> None:
         words[at:at] = city
         lines += [f"{w}\t{t}" for w, t in words] + [""]
     path.write_text("\n".join(lines) + "\n")
+
+
+def write_easy_job(path: Path, model_dir: Path, task: str = "text-classification", **sections) -> Path:
+    """A job that trains the tiny BERT on an easy synthetic task (keyword sentiment, or cities as locations),
+    so that a few epochs give a model whose answers mean something; `sections` are merged over it."""
+    if task == "text-classification":
+        data, test_size, epochs = path / "easy.jsonl", 80, 4
+        write_easy_sentiment(data)
+    else:
+        data, test_size, epochs = path / "cities.txt", 60, 6
+        write_easy_ner(data)
+    job = {
+        "model": {"path": str(model_dir), "max_length": 32},
+        "data": {
+            "task": task,
+            "source": str(data),
+            "target": str(data),
+            "test_size": test_size,
+            "dev_size": 40,
+            "max_train_samples": None,
+            "max_eval_samples": None,
+        },
+        "train": {"epochs": epochs, "learning_rate": 3e-3, "batch_size": 16},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            job.setdefault(key, {}).update(value)
+        else:
+            job[key] = value
+    return write_config(path, **job)

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import ROOT, write_config, write_easy_ner, write_easy_sentiment
+from conftest import ROOT, write_config, write_easy_job
 
 from domainlift.config import load_config
 from domainlift.manifest import ManifestError
@@ -95,21 +95,11 @@ def serve_command(cfg_path, *overrides):
 
 @pytest.fixture(scope="module")
 def sentiment_job(tmp_path_factory, tiny_model_dir):
-    tmp = tmp_path_factory.mktemp("serve-sentiment")
-    write_easy_sentiment(tmp / "easy.jsonl")
-    cfg_path = write_config(
-        tmp,
+    cfg_path = write_easy_job(
+        tmp_path_factory.mktemp("serve-sentiment"),
+        tiny_model_dir,
         job="tiny-sentiment",
-        model={"path": str(tiny_model_dir), "max_length": 16},
-        data={
-            "source": str(tmp / "easy.jsonl"),
-            "target": str(tmp / "easy.jsonl"),
-            "test_size": 80,
-            "dev_size": 40,
-            "max_train_samples": None,
-            "max_eval_samples": None,
-        },
-        train={"epochs": 4, "learning_rate": 3e-3, "batch_size": 16},
+        model={"max_length": 16},
         export={"variants": ["onnx-fp32"], "latency_samples": 5},
         serve={"max_texts": 8, "max_chars": 300, "max_latency_ms": 2000},
     )
@@ -121,22 +111,12 @@ def sentiment_job(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def ner_job(tmp_path_factory, tiny_model_dir):
-    tmp = tmp_path_factory.mktemp("serve-ner")
-    write_easy_ner(tmp / "cities.txt")
-    cfg_path = write_config(
-        tmp,
+    cfg_path = write_easy_job(
+        tmp_path_factory.mktemp("serve-ner"),
+        tiny_model_dir,
+        "token-classification",
         job="tiny-ner",
-        model={"path": str(tiny_model_dir), "max_length": 24},
-        data={
-            "task": "token-classification",
-            "source": str(tmp / "cities.txt"),
-            "target": str(tmp / "cities.txt"),
-            "test_size": 60,
-            "dev_size": 40,
-            "max_train_samples": None,
-            "max_eval_samples": None,
-        },
-        train={"epochs": 6, "learning_rate": 3e-3, "batch_size": 16},
+        model={"max_length": 24},
         export={"variants": ["onnx-fp32"], "latency_samples": 5},
         serve={"variant": "onnx-fp32", "long_text": "truncate", "max_chars": 60, "max_concurrency": 1},
     )
@@ -300,6 +280,19 @@ def test_an_artifact_that_fails_its_hashes_is_refused(sentiment_job, tmp_path):
         import_variant(tampered)
     with pytest.raises(ManifestError, match="model.onnx does not match"):
         Predictor(tampered)
+
+
+def test_a_torch_variant_runs_through_the_same_predictor(ner_job):
+    """The PyTorch backend (pruned-* and bitsandbytes variants) behind the same interface, in-process."""
+    cfg = load_config(ner_job)
+    Exporter(cfg).run(["pruned-50"])
+    predictor = Predictor(cfg.job_dir / "export/pruned-50", threads=1, micro_batch_size=2)
+    assert predictor.runner.runtime == "torch"
+    texts = ["the box arrived in Paris", "New York", "it works"]
+    out = predictor.extract_entities(texts)
+    assert len(out) == 3 and all(r["truncated"] is False for r in out)
+    for text, result in zip(texts, out):
+        assert all(text[e["start"] : e["end"]] == e["text"] for e in result["entities"])
 
 
 def test_serving_without_an_export_says_what_to_run(tmp_path):

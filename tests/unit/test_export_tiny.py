@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, write_config, write_easy_sentiment
+from conftest import ROOT, write_config, write_easy_job
 
 from domainlift import manifest
 from domainlift.config import ConfigError, load_config
@@ -20,20 +20,9 @@ from finetune.train import run as finetune
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, tiny_model_dir):
-    tmp = tmp_path_factory.mktemp("export-job")
-    write_easy_sentiment(tmp / "easy.jsonl")
-    cfg_path = write_config(
-        tmp,
-        model={"path": str(tiny_model_dir), "max_length": 32},
-        data={
-            "source": str(tmp / "easy.jsonl"),
-            "target": str(tmp / "easy.jsonl"),
-            "test_size": 80,
-            "dev_size": 40,
-            "max_train_samples": None,
-            "max_eval_samples": None,
-        },
-        train={"epochs": 4, "learning_rate": 3e-3, "batch_size": 16},
+    cfg_path = write_easy_job(
+        tmp_path_factory.mktemp("export-job"),
+        tiny_model_dir,
         export={"variants": ["onnx-fp32", "onnx-int8-dynamic"], "latency_samples": 10, "prune_recovery_epochs": 1},
     )
     cfg = load_config(cfg_path)
