@@ -9,7 +9,7 @@ PORT ?= 3000
 # the CUDA index. It is installed before the project so pip never resolves a bare `torch` to a CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup finetune export serve bento test test-fast quality style clean
+.PHONY: setup finetune export serve bento bench loadtest bench-serve test test-fast quality style clean
 
 setup:
 	test -x $(PYTHON) || python3 -m venv .venv
@@ -28,6 +28,18 @@ serve:  # the best exported variant behind BentoML on 127.0.0.1:$(PORT) (serve.v
 
 bento:  # a self-contained bento (bentofile.yaml) of the served variant; then `bentoml containerize`
 	$(PYTHON) -m serve --config $(CONFIG) --build $(ARGS)
+
+bench:  # latency of the checkpoint and every export variant, CPU (and GPU when present); tables + plots
+	$(PYTHON) -m benchmarks.latency --config $(CONFIG) $(ARGS)
+
+loadtest:  # Locust, headless and bounded (bench:  # latency of the checkpoint and every export variant, CPU (and GPU when present); tables + plots
+	$(PYTHON) -m benchmarks.latency --config $(CONFIG) $(ARGS)
+
+loadtest: in the job YAML), against a service it starts; fails on any error
+	$(PYTHON) -m benchmarks.loadtest --config $(CONFIG) $(ARGS)
+
+bench-serve:  # the same Locust profile against (a) this service, (b) it without batching, (c) a naive pipeline service
+	$(PYTHON) -m benchmarks.bench_serve --config $(CONFIG) $(ARGS)
 
 test:
 	$(PYTHON) -m pytest -q tests

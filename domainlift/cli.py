@@ -16,8 +16,8 @@ def stay_offline() -> None:
         os.environ.setdefault(var, "1")
 
 
-def job_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+def job_parser(prog: str, doc: str, config_required: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="job YAML, e.g. configs/sentiment-kitchen.yaml")
+    parser.add_argument("--config", required=config_required, help="job YAML, e.g. configs/sentiment-kitchen.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.epochs=1")
     return parser

@@ -156,6 +156,31 @@ class ServeConfig:
 
 
 @dataclass
+class LoadtestConfig:
+    # make loadtest: Locust, headless, against the service on 127.0.0.1 (python -m benchmarks.loadtest).
+    users: int = 32  # concurrent users, each posting back to back
+    spawn_rate: float = 8.0  # users started per second
+    run_time_s: int = 60
+    min_texts: int = 1  # texts per request: uniform in [min_texts, max_texts], real target-domain test texts
+    max_texts: int = 8
+    max_p99_ms: float = 2000.0  # the run fails when the 99th-percentile request latency is over this
+
+
+@dataclass
+class BenchConfig:
+    # make bench: latency of the original checkpoint and of every export variant (python -m benchmarks.latency).
+    # Cells: every batch size on real target-domain test texts at their natural lengths (padded to the longest
+    # of each batch), and every batch size at each fixed length in tokens.
+    batch_sizes: list = field(default_factory=lambda: [1, 8, 32, 128])
+    fixed_lengths: list = field(default_factory=lambda: [64, 128, 256])
+    warmup: int = 1  # untimed calls per cell
+    min_repeats: int = 3  # timed calls per cell, at least ...
+    max_repeats: int = 200  # ... and at most; in between, until seconds_per_cell have passed
+    seconds_per_cell: float = 2.0
+    threads: int | None = None  # CPU intra-op threads; null = all cores
+
+
+@dataclass
 class JobConfig:
     job: str | None = None  # artifacts go to <output_dir>/<job>/; null = the config file's name
     output_dir: str = "artifacts"
@@ -166,6 +191,8 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    loadtest: LoadtestConfig = field(default_factory=LoadtestConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     @property
     def job_dir(self) -> Path:
@@ -295,6 +322,9 @@ def _check(cfg: JobConfig) -> None:
     if e.int4_block_size < 16 or e.int4_block_size & (e.int4_block_size - 1):
         raise ConfigError(f"export.int4_block_size is {e.int4_block_size}; use a power of two >= 16 (32 is usual)")
     _check_serve(cfg.serve)
+    lt = cfg.loadtest
+    if lt.users <= 0 or lt.run_time_s <= 0 or lt.spawn_rate <= 0 or not 1 <= lt.min_texts <= lt.max_texts:
+        raise ConfigError("loadtest: users, run_time_s and spawn_rate must be positive, 1 <= min_texts <= max_texts")
     if cfg.method.name == "lora" and not cfg.method.lora.target_modules:
         raise ConfigError("method.lora.target_modules is empty: name the Linear modules, e.g. [query, value]")
 

@@ -27,14 +27,21 @@ def runtime_of(root: Path) -> str:
 class OnnxRunner:
     runtime = "onnxruntime"
 
-    def __init__(self, root: Path, threads: int | None = None):
+    def __init__(self, root: Path, threads: int | None = None, device: str | None = None):
+        """device: "cpu", "cuda", or None = CUDA when this ONNX Runtime has the provider, else the CPU."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or os.cpu_count() or 1
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+        if device == "cuda" and not has_cuda:
+            raise RuntimeError("this onnxruntime has no CUDAExecutionProvider: install onnxruntime-gpu")
+        self.device = "cuda" if device == "cuda" or (device is None and has_cuda) else "cpu"
+        providers = (
+            ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device == "cuda" else ["CPUExecutionProvider"]
+        )
         self.session = ort.InferenceSession(str(Path(root) / ONNX_FILE), opts, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
@@ -46,7 +53,8 @@ class OnnxRunner:
 class TorchRunner:
     runtime = "torch"
 
-    def __init__(self, root: Path, threads: int | None = None):
+    def __init__(self, root: Path, threads: int | None = None, device: str | None = None, half: bool = False):
+        """device: where plain weights run ("cpu" when None); half: fp16 weights (a GPU path)."""
         import torch
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
@@ -59,6 +67,10 @@ class TorchRunner:
         quantized = getattr(config, "quantization_config", None) is not None
         kwargs = {"device_map": {"": 0}} if quantized else {}
         self.model = cls.from_pretrained(root, use_safetensors=True, **kwargs).eval()
+        if not quantized:
+            self.model.to(device or "cpu")
+        if half:
+            self.model.half()
         self.device = self.model.device
         self.torch = torch
 
@@ -73,8 +85,9 @@ class TorchRunner:
             return self.model(**inputs).logits.float().cpu().numpy()
 
 
-def load_runner(root: Path, threads: int | None = None, verify: bool = True):
+def load_runner(root: Path, threads: int | None = None, verify: bool = True, device: str | None = None):
     root = Path(root)
     if verify:
         manifest.verify(root)
-    return OnnxRunner(root, threads) if runtime_of(root) == "onnxruntime" else TorchRunner(root, threads)
+    runner = OnnxRunner if runtime_of(root) == "onnxruntime" else TorchRunner
+    return runner(root, threads, device=device)

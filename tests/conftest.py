@@ -80,7 +80,7 @@ def write_config(path: Path, **sections) -> Path:
     return cfg_path
 
 
-FILLER = "the a this that product item thing it works arrived box kitchen cup pan".split()
+FILLER = "the a this that in to product item thing it works arrived box kitchen cup pan".split()
 
 
 def write_easy_sentiment(path: Path, n: int = 480) -> None:

@@ -6,21 +6,18 @@ over HTTP can be checked, not only their shape. Each server is started the way a
 """
 
 import concurrent.futures
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 from conftest import ROOT, write_config, write_easy_job
 
+from benchmarks.server import running_server
 from domainlift.config import load_config
 from domainlift.manifest import ManifestError
 from export.stage import Exporter
@@ -30,12 +27,6 @@ from serve.predictor import Predictor
 
 pytestmark = pytest.mark.slow  # starts real servers: in `make test`, not `make test-fast`
 API_KEY = "test-key-5f1c"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def call(url: str, path: str, body=None, key: str | None = None, method: str = "POST", raw: bytes | None = None):
@@ -54,39 +45,6 @@ def call(url: str, path: str, body=None, key: str | None = None, method: str = "
         return status, json.loads(text)
     except json.JSONDecodeError:
         return status, text
-
-
-@contextlib.contextmanager
-def running(command: list[str], cwd, env_extra: dict | None = None, timeout: float = 180):
-    """Start a server process, wait until /readyz answers 200, yield its URL, stop it (and its workers)."""
-    port = free_port()
-    env = {**os.environ, **(env_extra or {})}
-    log = open(cwd / f"server-{port}.log", "w")
-    proc = subprocess.Popen(
-        [*command, "--port", str(port)], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited with {proc.returncode}:\n{(cwd / log.name).read_text()[-3000:]}")
-            with contextlib.suppress(OSError):
-                if call(url, "/readyz", method="GET")[0] == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server not ready in {timeout}s:\n{(cwd / log.name).read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-        assert proc.poll() is None, "the server must still be running after every test against it"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 def serve_command(cfg_path, *overrides):
@@ -128,13 +86,13 @@ def ner_job(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def sentiment_server(sentiment_job):
-    with running(serve_command(sentiment_job), sentiment_job.parent) as url:
+    with running_server(serve_command(sentiment_job), sentiment_job.parent) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def ner_server(ner_job):
-    with running(serve_command(ner_job), ner_job.parent, {"DOMAINLIFT_API_KEY": API_KEY}) as url:
+    with running_server(serve_command(ner_job), ner_job.parent, {"DOMAINLIFT_API_KEY": API_KEY}) as url:
         yield url
 
 
@@ -212,6 +170,27 @@ def test_concurrent_requests_are_batched_and_metrics_are_exported(sentiment_serv
     assert any(line.startswith('domainlift_predictions_total{label="positive"}') for line in lines)
     assert any(line.startswith("domainlift_confidence_bucket") for line in lines)
     assert any(line.startswith("domainlift_input_tokens_bucket") for line in lines)
+
+
+def test_locust_loadtest_runs_headless_and_judges_the_run(sentiment_server, sentiment_job):
+    from benchmarks import loadtest
+
+    bounded = ["loadtest.users=4", "loadtest.spawn_rate=4", "loadtest.run_time_s=3"]
+    assert loadtest.main(["--config", str(sentiment_job), "--url", sentiment_server, *bounded]) == 0
+    reports = load_config(sentiment_job).job_dir / "reports"
+    summary = json.loads((reports / "loadtest.json").read_text())
+    assert summary["passed"] and summary["failures"] == 0 and summary["requests"] > 0
+    assert summary["texts_per_s"] > summary["requests_per_s"] > 0  # 1-8 texts per request
+    assert 0 < summary["p50_ms"] <= summary["p95_ms"] <= summary["p99_ms"]
+    assert (reports / "loadtest.html").is_file() and (reports / "loadtest_stats.csv").is_file()
+    # the same run against an impossible p99 bound fails, and says so
+    assert (
+        loadtest.main(
+            ["--config", str(sentiment_job), "--url", sentiment_server, *bounded, "loadtest.max_p99_ms=0.001"]
+        )
+        == 1
+    )
+    assert json.loads((reports / "loadtest.json").read_text())["passed"] is False
 
 
 # ---- NER server (auth on, long texts truncated, at most 1 request in flight) ------------------------
@@ -316,7 +295,7 @@ def test_a_built_bento_serves_with_nothing_but_itself(sentiment_job, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     command = [sys.executable, "-m", "bentoml", "serve", "domainlift:latest", "--host", "127.0.0.1"]
-    with running(command, elsewhere, fresh) as url:
+    with running_server(command, elsewhere, fresh) as url:
         status, out = call(url, "/classify", {"texts": ["excellent pan", "terrible pan"]})
         assert status == 200 and [r["label"] for r in out] == ["positive", "negative"]
         info = call(url, "/model", {})[1]

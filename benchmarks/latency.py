@@ -1,0 +1,319 @@
+"""Latency of the original checkpoint and of every export variant, on every device this machine has, in one run.
+
+python -m benchmarks.latency --config configs/sentiment-kitchen.yaml            # = make bench
+python -m benchmarks.latency --random-weights --arch bert-base                  # no checkpoint needed (GPU boxes)
+
+Subjects: the original checkpoint in PyTorch fp32 eager on the CPU, and on the GPU (fp32, and fp16) when there is
+one; every variant under artifacts/<job>/export/ on its own runtime (ONNX Runtime on the CPU, and with the CUDA
+provider where it exists; PyTorch for torch-* and pruned-* variants, bitsandbytes ones on the GPU only).
+Cells: each batch size on real target-domain test texts at their natural lengths (consecutive texts, padded to
+the longest of the batch), and each batch size at each fixed length in tokens. Each subject runs in a fresh
+process, so its peak memory is its own (RSS on the CPU; torch's allocated memory on the GPU). Latency does not
+depend on weight values, which is why --random-weights is a fair stand-in for an architecture.
+
+Writes artifacts/<job>/reports/latency.json, latency.md (p50 with speedups against the original on the same
+device and on the GPU) and two plots: latency vs batch size, and accuracy vs latency (the Pareto front).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from domainlift.cli import job_parser, stay_offline
+
+stay_offline()
+
+ARCHS = {  # --random-weights: BERT-family shapes (hidden, layers, heads, FFN)
+    "minilm": {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536},
+    "bert-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+}
+NATURAL = "natural"
+NATURAL_TEXTS = 128
+
+
+@dataclass
+class Subject:
+    name: str  # "original" or the variant's directory name
+    device: str  # "cpu" | "cuda"
+    path: str
+    half: bool = False  # the original in fp16 on the GPU
+    accuracy: float | None = None  # the target-test metric from its manifest (None with random weights)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}{' fp16' if self.half else ''} [{self.device}]"
+
+
+def cuda_devices() -> tuple[bool, bool]:
+    """(torch sees a CUDA GPU, ONNX Runtime has the CUDA provider)."""
+    import onnxruntime as ort
+    import torch
+
+    return torch.cuda.is_available(), "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def subjects_for(job_dir: Path, torch_cuda: bool, ort_cuda: bool) -> tuple[list[Subject], list[str]]:
+    """What to time here, and a line for each thing that cannot be timed here and why."""
+    from domainlift import manifest
+
+    checkpoint = job_dir / "checkpoint"
+    quality = manifest.read(checkpoint)["quality"]
+    metric = quality["main_metric"]
+    out = [Subject("original", "cpu", str(checkpoint), accuracy=quality["target_test"])]
+    skipped = []
+    if torch_cuda:
+        out += [Subject("original", "cuda", str(checkpoint), accuracy=out[0].accuracy)]
+        out += [Subject("original", "cuda", str(checkpoint), half=True, accuracy=out[0].accuracy)]
+    else:
+        skipped.append("original [cuda]: no CUDA GPU here")
+    export = job_dir / "export"
+    for d in sorted(p for p in export.glob("*") if p.is_dir() and not p.is_symlink()):
+        m = manifest.read(d)
+        acc = m["quality"].get(metric)
+        gpu_only = m["recipe"]["variant"].startswith(("torch-int8", "torch-nf4")) or "fp16" in m["variant"]
+        if not gpu_only:
+            out.append(Subject(d.name, "cpu", str(d), accuracy=acc))
+        cuda_here = ort_cuda if m["runtime"] == "onnxruntime" else torch_cuda
+        if cuda_here:
+            out.append(Subject(d.name, "cuda", str(d), accuracy=acc))
+        elif gpu_only or m["runtime"] == "onnxruntime":
+            why = "no CUDA provider in this onnxruntime" if m["runtime"] == "onnxruntime" else "no CUDA GPU here"
+            skipped.append(f"{d.name} [cuda]: {why}")
+    return out, skipped
+
+
+def cells_for(texts: list[str], tokenizer, batch_sizes: list[int], lengths: list[int], max_length: int) -> dict:
+    """{cell name: list of batches (dicts of int64 arrays)}. Natural cells cycle through the same first
+    NATURAL_TEXTS test texts at every batch size (128 one at a time, 4 batches of 32, ...), so they compare."""
+    enc = tokenizer(texts, truncation=True, max_length=max_length)
+    ids = enc["input_ids"]
+    cells = {}
+    for b in batch_sizes:
+        batches = []
+        for start in range(0, max(len(ids) - b + 1, 1), b):
+            rows = ids[start : start + b]
+            if len(rows) < b:  # fewer test texts than the batch size: repeat them
+                rows = (rows * (b // max(len(rows), 1) + 1))[:b]
+            width = max(len(r) for r in rows)
+            input_ids = np.full((b, width), tokenizer.pad_token_id, dtype=np.int64)
+            mask = np.zeros((b, width), dtype=np.int64)
+            for i, r in enumerate(rows):
+                input_ids[i, : len(r)] = r
+                mask[i, : len(r)] = 1
+            batches.append({"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(mask)})
+            if len(batches) * b >= NATURAL_TEXTS:
+                break
+        cells[f"{NATURAL} b{b}"] = batches
+        rng = np.random.default_rng(0)
+        for n in lengths:
+            input_ids = rng.integers(1000, tokenizer.vocab_size, size=(b, n), dtype=np.int64)
+            input_ids[:, 0], input_ids[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
+            ones = np.ones((b, n), dtype=np.int64)
+            cells[f"len{n} b{b}"] = [{"input_ids": input_ids, "attention_mask": ones, "token_type_ids": 0 * ones}]
+    return cells
+
+
+def measure(subject: Subject, cells: dict, bench: dict) -> dict:
+    """In a fresh process: load the subject, time every cell, report its own peak memory."""
+    import torch
+
+    from domainlift.runtime import OnnxRunner, TorchRunner, runtime_of
+
+    threads = bench["threads"]
+    if runtime_of(Path(subject.path)) == "onnxruntime":
+        runner = OnnxRunner(Path(subject.path), threads, device=subject.device)
+    else:
+        runner = TorchRunner(Path(subject.path), threads, device=subject.device, half=subject.half)
+    results = {}
+    for name, batches in cells.items():
+        for i in range(bench["warmup"]):
+            runner(batches[i % len(batches)])
+        times = []
+        start = time.perf_counter()
+        while len(times) < bench["max_repeats"] and (
+            len(times) < bench["min_repeats"] or time.perf_counter() - start < bench["seconds_per_cell"]
+        ):
+            batch = batches[len(times) % len(batches)]
+            t0 = time.perf_counter()
+            runner(batch)  # returns numpy logits: the copy back to the host synchronises CUDA
+            times.append((time.perf_counter() - t0) * 1000)
+        size = len(batches[0]["input_ids"])
+        results[name] = {
+            "batch_size": size,
+            "mean_tokens": float(np.mean([b["input_ids"].shape[1] for b in batches])),
+            "repeats": len(times),
+            "p50_ms": statistics.median(times),
+            "p95_ms": float(np.percentile(times, 95)),
+            "p99_ms": float(np.percentile(times, 99)),
+            "texts_per_s": size * 1000 / statistics.fmean(times),
+        }
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpu_mb = (
+        torch.cuda.max_memory_allocated() / 2**20 if subject.device == "cuda" and torch.cuda.is_available() else None
+    )
+    return {"cells": results, "peak_rss_mb": peak_rss_mb, "peak_gpu_allocated_mb": gpu_mb}
+
+
+def random_checkpoint(arch: str, task: str, out: Path) -> Path:
+    """A randomly initialised model of the architecture with MiniLM's tokenizer, saved like a checkpoint."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertForTokenClassification
+
+    from domainlift.config import default_model_path
+
+    tok = AutoTokenizer.from_pretrained(default_model_path())
+    config = BertConfig(vocab_size=tok.vocab_size, num_labels=2, **ARCHS[arch])
+    cls = BertForSequenceClassification if task == "text-classification" else BertForTokenClassification
+    cls(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def speedup_table(report: dict) -> str:
+    """p50 per cell; in brackets the speedup over the original on the same device (and on the GPU, when timed)."""
+    rows = report["results"]
+    cells = list(next(iter(rows))["cells"])
+    ref = {r["device"]: r for r in rows if r["name"] == "original" and not r["half"]}
+    gpu = ref.get("cuda")
+    head = "| subject | accuracy | peak mem MB | " + " | ".join(cells) + " |"
+    lines = [head, "|" + "---|" * (len(cells) + 3)]
+    for r in rows:
+        same = ref[r["device"]]
+        mem = r["peak_gpu_allocated_mb"] if r["device"] == "cuda" else r["peak_rss_mb"]
+        parts = []
+        for c in cells:
+            p50 = r["cells"][c]["p50_ms"]
+            text = f"{p50:.2f} ({same['cells'][c]['p50_ms'] / p50:.2f}x"
+            text += f", {gpu['cells'][c]['p50_ms'] / p50:.2f}x GPU)" if gpu else ")"
+            parts.append(text)
+        acc = "—" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
+        mem_text = "—" if mem is None else f"{mem:.0f}"
+        lines.append(f"| {r['label']} | {acc} | {mem_text} | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
+def plot(report: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["results"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in rows:
+        natural = [(c["batch_size"], c["p50_ms"]) for n, c in r["cells"].items() if n.startswith(NATURAL)]
+        ax.plot(*zip(*natural), marker="o", label=r["label"])
+    ax.set(xscale="log", yscale="log", xlabel="batch size (natural lengths)", ylabel="p50 latency per batch, ms")
+    ax.set_title(f"{report['job']}: latency vs batch size")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "latency_vs_batch.png", dpi=120)
+    plt.close(fig)
+    files = ["latency_vs_batch.png"]
+    scored = [r for r in rows if r["accuracy"] is not None]
+    if scored:
+        cell = f"{NATURAL} b{report['bench']['batch_sizes'][0]}"
+        points = sorted((r["cells"][cell]["p50_ms"], r["accuracy"], r["label"]) for r in scored)
+        front, best = [], -1.0
+        for p in points:  # faster first: a point is on the front when nothing faster is as accurate
+            if p[1] > best:
+                front.append(p)
+                best = p[1]
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for x, y, label in points:
+            ax.scatter(x, y)
+            ax.annotate(label, (x, y), fontsize=7)
+        ax.plot([p[0] for p in front], [p[1] for p in front], "k--", label="Pareto front")
+        ax.set(xlabel=f"p50 latency, {cell}, ms", ylabel="target-test metric")
+        ax.set_title(f"{report['job']}: accuracy vs latency")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "accuracy_vs_latency.png", dpi=120)
+        plt.close(fig)
+        files.append("accuracy_vs_latency.png")
+    return files
+
+
+def main(argv=None) -> int:
+    parser = job_parser("python -m benchmarks.latency", __doc__, config_required=False)  # not with --random-weights
+    parser.add_argument("--random-weights", action="store_true", help="time an architecture without a checkpoint")
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="minilm")
+    parser.add_argument(
+        "--task", choices=["text-classification", "token-classification"], default="text-classification"
+    )
+    args = parser.parse_args(argv)
+
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    from domainlift import manifest
+    from domainlift.config import ConfigError, JobConfig, load_config
+    from finetune.data import DataError, build_splits
+
+    torch_cuda, ort_cuda = cuda_devices()
+    try:
+        if args.random_weights:
+            cfg = load_config(args.config, args.overrides) if args.config else JobConfig(job=f"random-{args.arch}")
+            scratch = Path(tempfile.mkdtemp(prefix="domainlift-random-"))
+            checkpoint = random_checkpoint(args.arch, args.task, scratch / "checkpoint")
+            subjects = [Subject("original", "cpu", str(checkpoint))]
+            if torch_cuda:
+                subjects += [Subject("original", "cuda", str(checkpoint), half=half) for half in (False, True)]
+            skipped = [] if torch_cuda else ["original [cuda]: no CUDA GPU here"]
+            texts = build_splits(cfg.data).test
+        else:
+            if not args.config:
+                raise ConfigError("--config is required (or --random-weights --arch minilm|bert-base)")
+            cfg = load_config(args.config, args.overrides)
+            checkpoint = cfg.job_dir / "checkpoint"
+            manifest.verify(checkpoint)
+            subjects, skipped = subjects_for(cfg.job_dir, torch_cuda, ort_cuda)
+            texts = build_splits(cfg.data).test
+    except (ConfigError, DataError, manifest.ManifestError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    texts = [row["text"] if "text" in row else " ".join(row["tokens"]) for row in texts]
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    b = cfg.bench
+    cells = cells_for(texts, tokenizer, list(b.batch_sizes), list(b.fixed_lengths), cfg.model.max_length)
+    bench = asdict(b)
+    results = []
+    context = multiprocessing.get_context("spawn")  # a fresh process per subject: clean peak memory, no leaks
+    for subject in tqdm(subjects, desc="subjects", unit="subject"):
+        with context.Pool(1) as pool:
+            measured = pool.apply(measure, (subject, cells, bench))
+        results.append({**asdict(subject), "label": subject.label, **measured})
+    out = cfg.job_dir / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "job": cfg.job,
+        "random_weights": args.arch if args.random_weights else None,
+        "bench": bench,
+        "devices": {"torch_cuda": torch_cuda, "onnxruntime_cuda": ort_cuda},
+        "skipped": skipped,
+        "results": results,
+    }
+    report["plots"] = plot(report, out)
+    (out / "latency.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = speedup_table(report)
+    notes = "".join(f"- skipped {s}\n" for s in skipped)
+    (out / "latency.md").write_text(
+        f"# Latency: {cfg.job}\n\np50 ms per batch (speedup over the original on the same device"
+        f"{', and over the original on the GPU' if torch_cuda else ''}).\n\n{table}\n\n{notes}"
+    )
+    print(table)
+    print(notes + f"reports: {out}/latency.md, latency.json, " + ", ".join(report["plots"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Load-test a domainlift service with Locust: headless, bounded users and time, real target-domain texts.
+
+python -m benchmarks.loadtest --config configs/sentiment-kitchen.yaml        # starts `python -m serve` for the run
+python -m benchmarks.loadtest --config configs/sentiment-kitchen.yaml --url http://127.0.0.1:3000  # a running one
+
+Writes artifacts/<job>/reports/loadtest_*.csv, loadtest.html (Locust's own) and loadtest.json (requests/s,
+texts/s, p50/p95/p99, failures). Exits 1 when any request failed or p99 is over loadtest.max_p99_ms.
+More load than one Locust process gives: `locust -f benchmarks/locustfile.py --processes 4 ...` (or a master
+with --master and workers with --worker), same profile.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from domainlift.cli import job_parser, stay_offline
+
+stay_offline()
+ROOT = Path(__file__).resolve().parent.parent
+LOCUSTFILE = ROOT / "benchmarks" / "locustfile.py"
+
+
+def target_texts(cfg) -> list[str]:
+    """The target domain's test texts, as a client would send them (NER sentences joined back into text)."""
+    from finetune.data import build_splits
+
+    test = build_splits(cfg.data).test
+    return [row["text"] if "text" in row else " ".join(row["tokens"]) for row in test]
+
+
+def run_locust(url: str, cfg, texts_file: Path, out: Path, name: str = "loadtest") -> dict:
+    """One headless Locust run against url; returns its summary (Locust's aggregated row, plus texts/s)."""
+    lt = cfg.loadtest
+    count_file = out / f"{name}_texts.json"
+    env = {
+        "DOMAINLIFT_TEXTS": str(texts_file),
+        "DOMAINLIFT_ROUTE": "/classify" if cfg.data.task == "text-classification" else "/extract_entities",
+        "DOMAINLIFT_MIN_TEXTS": str(lt.min_texts),
+        "DOMAINLIFT_MAX_TEXTS": str(lt.max_texts),
+        "DOMAINLIFT_TEXT_COUNT": str(count_file),
+    }
+    command = [
+        *(sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary"),
+        *("--users", str(lt.users), "--spawn-rate", str(lt.spawn_rate), "--run-time", f"{lt.run_time_s}s"),
+        *("--host", url, "--csv", str(out / name), "--html", str(out / f"{name}.html"), "--stop-timeout", "30"),
+    ]
+    subprocess.run(command, env={**os.environ, **env}, check=False)  # its exit status is judged from the stats
+    with open(out / f"{name}_stats.csv") as f:
+        row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
+    requests, rps = int(row["Request Count"]), float(row["Requests/s"])
+    texts = json.loads(count_file.read_text())["texts_answered"] if count_file.is_file() else 0
+    return {
+        "url": url,
+        "users": lt.users,
+        "run_time_s": lt.run_time_s,
+        "texts_per_request": [lt.min_texts, lt.max_texts],
+        "requests": requests,
+        "failures": int(row["Failure Count"]),
+        "requests_per_s": rps,
+        "texts_per_s": texts * rps / requests if requests else 0.0,  # over Locust's own measured duration
+        "p50_ms": float(row["50%"]),
+        "p95_ms": float(row["95%"]),
+        "p99_ms": float(row["99%"]),
+    }
+
+
+def main(argv=None) -> int:
+    parser = job_parser("python -m benchmarks.loadtest", __doc__)
+    parser.add_argument("--url", help="a running service (default: start `python -m serve` on a free port)")
+    args = parser.parse_args(argv)
+
+    from benchmarks.server import running_server
+    from domainlift.config import ConfigError, load_config
+    from finetune.data import DataError
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        texts = target_texts(cfg)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = cfg.job_dir / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+    texts_file = out / "loadtest_texts.json"
+    texts_file.write_text(json.dumps(texts))
+    if args.url:
+        summary = run_locust(args.url, cfg, texts_file, out)
+    else:
+        serve = [sys.executable, "-m", "serve", "--config", args.config, *args.overrides]
+        with running_server(serve, cwd=ROOT) as url:
+            summary = run_locust(url, cfg, texts_file, out)
+    bound = cfg.loadtest.max_p99_ms
+    summary["max_p99_ms"] = bound
+    summary["passed"] = summary["failures"] == 0 and summary["requests"] > 0 and summary["p99_ms"] <= bound
+    (out / "loadtest.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(
+        f"{summary['requests']} requests, {summary['failures']} failed; {summary['requests_per_s']:.1f} requests/s, "
+        f"{summary['texts_per_s']:.1f} texts/s; p50 {summary['p50_ms']:.0f} ms, p95 {summary['p95_ms']:.0f} ms, "
+        f"p99 {summary['p99_ms']:.0f} ms (bound {bound:.0f} ms) -> {'PASSED' if summary['passed'] else 'FAILED'}"
+    )
+    print(f"reports: {out}/loadtest.json, loadtest.html, loadtest_stats.csv")
+    return 0 if summary["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

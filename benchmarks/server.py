@@ -1,0 +1,66 @@
+"""Start a server process on a free loopback port, wait until it is ready, and always stop it (workers too).
+
+with running_server([sys.executable, "-m", "serve", "--config", cfg], cwd=".") as url:
+    ...   # url == "http://127.0.0.1:<port>", /readyz answered 200
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def is_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/readyz", timeout=5) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def running_server(command: list[str], cwd: Path, env_extra: dict | None = None, timeout: float = 180) -> Iterator[str]:
+    """`command` must accept `--port N`; its output goes to <cwd>/server-<port>.log."""
+    port = free_port()
+    log_path = Path(cwd) / f"server-{port}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [*command, "--port", str(port)],
+            cwd=cwd,
+            env={**os.environ, **(env_extra or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopping it stops BentoML's workers too
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while not is_ready(url):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"server not ready in {timeout:.0f}s:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+            yield url
+            if proc.poll() is not None:
+                raise RuntimeError(f"server died while in use:\n{log_path.read_text()[-3000:]}")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
