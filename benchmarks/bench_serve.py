@@ -11,7 +11,9 @@ Writes artifacts/<job>/reports/bench-serve.{json,md} plus each run's Locust CSV 
 """
 
 import json
+import os
 import sys
+import urllib.request
 
 from benchmarks.loadtest import ROOT, run_locust, target_texts
 from benchmarks.server import running_server
@@ -36,9 +38,19 @@ def commands(args, cfg) -> dict[str, list[str]]:
     }
 
 
+def served_variant(url: str) -> str:
+    """Which export variant the domainlift service serves (POST /model)."""
+    api_key = os.environ.get("DOMAINLIFT_API_KEY")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with urllib.request.urlopen(urllib.request.Request(url + "/model", data=b"{}", headers=headers)) as resp:
+        return json.load(resp)["variant"]
+
+
 def table(results: dict) -> str:
     a, b, c = (results[k] for k in "abc")
     lines = [
+        f"(a) and (b) serve the export variant {a['variant']}; (c) the checkpoint in PyTorch fp32.",
+        "",
         "| service | texts/s | requests/s | p50 ms | p95 ms | p99 ms | failed |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -77,6 +89,8 @@ def main(argv=None) -> int:
         print(f"({key}) {SERVICES[key]}: {cfg.loadtest.users} users for {cfg.loadtest.run_time_s}s", flush=True)
         with running_server(command, cwd=ROOT) as url:
             results[key] = run_locust(url, cfg, texts_file, out, name=f"bench-serve-{key}")
+            if key != "c":
+                results[key]["variant"] = served_variant(url)
     report = table(results)
     (out / "bench-serve.json").write_text(json.dumps({"services": SERVICES, "results": results}, indent=2) + "\n")
     (out / "bench-serve.md").write_text(f"# bench-serve: {cfg.job}\n\n{report}\n")

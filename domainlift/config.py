@@ -163,7 +163,9 @@ class LoadtestConfig:
     run_time_s: int = 60
     min_texts: int = 1  # texts per request: uniform in [min_texts, max_texts], real target-domain test texts
     max_texts: int = 8
-    max_p99_ms: float = 2000.0  # the run fails when the 99th-percentile request latency is over this
+    # The run fails when the 99th-percentile request latency is over this. 32 closed-loop users with 4.5 texts each
+    # queue ~150 texts: at ~60 texts/s on 2 cores that alone is ~2.5 s, so the bound is set above it.
+    max_p99_ms: float = 5000.0
 
 
 @dataclass

@@ -193,6 +193,19 @@ def test_locust_loadtest_runs_headless_and_judges_the_run(sentiment_server, sent
     assert json.loads((reports / "loadtest.json").read_text())["passed"] is False
 
 
+def test_bench_serve_compares_three_real_services(sentiment_job):
+    """(a) batching, (b) no batching, (c) the naive pipeline service: each started, load-tested and stopped."""
+    from benchmarks import bench_serve
+
+    bounded = ["loadtest.users=4", "loadtest.spawn_rate=4", "loadtest.run_time_s=3"]
+    assert bench_serve.main(["--config", str(sentiment_job), *bounded]) == 0
+    reports = load_config(sentiment_job).job_dir / "reports"
+    results = json.loads((reports / "bench-serve.json").read_text())["results"]
+    assert set(results) == {"a", "b", "c"} and results["a"]["variant"] == "onnx-fp32"
+    assert all(r["failures"] == 0 and r["texts_per_s"] > 0 for r in results.values())
+    assert "(a) / (c):" in (reports / "bench-serve.md").read_text()
+
+
 # ---- NER server (auth on, long texts truncated, at most 1 request in flight) ------------------------
 
 
