@@ -32,10 +32,7 @@ bento:  # a self-contained bento (bentofile.yaml) of the served variant; then `b
 bench:  # latency of the checkpoint and every export variant, CPU (and GPU when present); tables + plots
 	$(PYTHON) -m benchmarks.latency --config $(CONFIG) $(ARGS)
 
-loadtest:  # Locust, headless and bounded (bench:  # latency of the checkpoint and every export variant, CPU (and GPU when present); tables + plots
-	$(PYTHON) -m benchmarks.latency --config $(CONFIG) $(ARGS)
-
-loadtest: in the job YAML), against a service it starts; fails on any error
+loadtest:  # Locust, headless and bounded (the job's loadtest: section), against a service it starts; fails on errors
 	$(PYTHON) -m benchmarks.loadtest --config $(CONFIG) $(ARGS)
 
 bench-serve:  # the same Locust profile against (a) this service, (b) it without batching, (c) a naive pipeline service

@@ -139,11 +139,13 @@ class ServeConfig:
     # variant that passed the accuracy gate). `make serve VARIANT=onnx-int8-dynamic` picks another.
     variant: str = "best"
     workers: int = 1  # server processes; each runs cores // workers inference threads
-    # Adaptive batching: concurrent requests are merged into one model call of at most max_batch_size texts,
-    # waiting at most max_latency_ms; a request that cannot be served within it answers 503 (overload).
+    # Adaptive batching: concurrent requests are merged into one model call of at most max_batch_size texts.
+    # BentoML's batcher answers 503 (overload) to a request it estimates cannot be served within max_latency_ms;
+    # its first estimates, before it has timed any call, are pessimistic (max_latency / 15 per request), so a
+    # low bound turns a burst right after start-up into 503s. 32 users x 4.5 texts queue ~3 s of work on 2 cores.
     batching: bool = True
     max_batch_size: int = 32
-    max_latency_ms: int = 5000
+    max_latency_ms: int = 10000
     # Texts of a merged batch are sorted by length and run in micro-batches padded to their own longest
     # text: on CPU, padding short texts to a long one costs more than batching gains.
     micro_batch_size: int = 8
@@ -159,7 +161,7 @@ class ServeConfig:
 class LoadtestConfig:
     # make loadtest: Locust, headless, against the service on 127.0.0.1 (python -m benchmarks.loadtest).
     users: int = 32  # concurrent users, each posting back to back
-    spawn_rate: float = 8.0  # users started per second
+    spawn_rate: float = 2.0  # users started per second: a ramp, not a burst, as traffic reaches a new deployment
     run_time_s: int = 60
     min_texts: int = 1  # texts per request: uniform in [min_texts, max_texts], real target-domain test texts
     max_texts: int = 8
