@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     results = {}
     for key, command in commands(args, cfg).items():
         print(f"({key}) {SERVICES[key]}: {cfg.loadtest.users} users for {cfg.loadtest.run_time_s}s", flush=True)
-        with running_server(command, cwd=ROOT) as url:
+        with running_server(command, cwd=ROOT, log_dir=out) as url:
             results[key] = run_locust(url, cfg, texts_file, out, name=f"bench-serve-{key}")
             if key != "c":
                 results[key]["variant"] = served_variant(url)

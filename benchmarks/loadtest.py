@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         summary = run_locust(args.url, cfg, texts_file, out)
     else:
         serve = [sys.executable, "-m", "serve", "--config", args.config, *args.overrides]
-        with running_server(serve, cwd=ROOT) as url:
+        with running_server(serve, cwd=ROOT, log_dir=out) as url:
             summary = run_locust(url, cfg, texts_file, out)
     bound = cfg.loadtest.max_p99_ms
     summary["max_p99_ms"] = bound

@@ -1,6 +1,6 @@
 """Start a server process on a free loopback port, wait until it is ready, and always stop it (workers too).
 
-with running_server([sys.executable, "-m", "serve", "--config", cfg], cwd=".") as url:
+with running_server([sys.executable, "-m", "serve", "--config", cfg], cwd=".", log_dir=reports) as url:
     ...   # url == "http://127.0.0.1:<port>", /readyz answered 200
 """
 
@@ -32,10 +32,12 @@ def is_ready(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def running_server(command: list[str], cwd: Path, env_extra: dict | None = None, timeout: float = 180) -> Iterator[str]:
-    """`command` must accept `--port N`; its output goes to <cwd>/server-<port>.log."""
+def running_server(
+    command: list[str], cwd: Path, log_dir: Path, env_extra: dict | None = None, timeout: float = 180
+) -> Iterator[str]:
+    """`command` must accept `--port N`; its output goes to <log_dir>/server-<port>.log."""
     port = free_port()
-    log_path = Path(cwd) / f"server-{port}.log"
+    log_path = Path(log_dir) / f"server-{port}.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [*command, "--port", str(port)],

@@ -86,13 +86,13 @@ def ner_job(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def sentiment_server(sentiment_job):
-    with running_server(serve_command(sentiment_job), sentiment_job.parent) as url:
+    with running_server(serve_command(sentiment_job), ROOT, sentiment_job.parent) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def ner_server(ner_job):
-    with running_server(serve_command(ner_job), ner_job.parent, {"DOMAINLIFT_API_KEY": API_KEY}) as url:
+    with running_server(serve_command(ner_job), ROOT, ner_job.parent, {"DOMAINLIFT_API_KEY": API_KEY}) as url:
         yield url
 
 
@@ -308,7 +308,7 @@ def test_a_built_bento_serves_with_nothing_but_itself(sentiment_job, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     command = [sys.executable, "-m", "bentoml", "serve", "domainlift:latest", "--host", "127.0.0.1"]
-    with running_server(command, elsewhere, fresh) as url:
+    with running_server(command, elsewhere, tmp_path, fresh) as url:
         status, out = call(url, "/classify", {"texts": ["excellent pan", "terrible pan"]})
         assert status == 200 and [r["label"] for r in out] == ["positive", "negative"]
         info = call(url, "/model", {})[1]
