@@ -15,7 +15,7 @@ import os
 import sys
 import urllib.request
 
-from benchmarks.loadtest import ROOT, run_locust, target_texts
+from benchmarks.loadtest import ROOT, prepare, run_locust
 from benchmarks.server import running_server
 from domainlift.cli import job_parser, stay_offline
 
@@ -71,19 +71,14 @@ def main(argv=None) -> int:
     parser = job_parser("python -m benchmarks.bench_serve", __doc__)
     args = parser.parse_args(argv)
 
-    from domainlift.config import ConfigError, load_config
+    from domainlift.config import ConfigError
     from finetune.data import DataError
 
     try:
-        cfg = load_config(args.config, args.overrides)
-        texts = target_texts(cfg)
+        cfg, out, texts_file = prepare(args)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = cfg.job_dir / "reports"
-    out.mkdir(parents=True, exist_ok=True)
-    texts_file = out / "loadtest_texts.json"
-    texts_file.write_text(json.dumps(texts))
     results = {}
     for key, command in commands(args, cfg).items():
         print(f"({key}) {SERVICES[key]}: {cfg.loadtest.users} users for {cfg.loadtest.run_time_s}s", flush=True)

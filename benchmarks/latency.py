@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.loadtest import target_texts
 from domainlift.cli import job_parser, stay_offline
 
 stay_offline()
@@ -258,7 +260,7 @@ def main(argv=None) -> int:
 
     from domainlift import manifest
     from domainlift.config import ConfigError, JobConfig, load_config
-    from finetune.data import DataError, build_splits
+    from finetune.data import DataError
 
     torch_cuda, ort_cuda = cuda_devices()
     try:
@@ -270,7 +272,6 @@ def main(argv=None) -> int:
             if torch_cuda:
                 subjects += [Subject("original", "cuda", str(checkpoint), half=half) for half in (False, True)]
             skipped = [] if torch_cuda else ["original [cuda]: no CUDA GPU here"]
-            texts = build_splits(cfg.data).test
         else:
             if not args.config:
                 raise ConfigError("--config is required (or --random-weights --arch minilm|bert-base)")
@@ -278,11 +279,10 @@ def main(argv=None) -> int:
             checkpoint = cfg.job_dir / "checkpoint"
             manifest.verify(checkpoint)
             subjects, skipped = subjects_for(cfg.job_dir, torch_cuda, ort_cuda)
-            texts = build_splits(cfg.data).test
+        texts = target_texts(cfg)
     except (ConfigError, DataError, manifest.ManifestError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    texts = [row["text"] if "text" in row else " ".join(row["tokens"]) for row in texts]
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     b = cfg.bench
     cells = cells_for(texts, tokenizer, list(b.batch_sizes), list(b.fixed_lengths), cfg.model.max_length)
@@ -293,6 +293,8 @@ def main(argv=None) -> int:
         with context.Pool(1) as pool:
             measured = pool.apply(measure, (subject, cells, bench))
         results.append({**asdict(subject), "label": subject.label, **measured})
+    if args.random_weights:
+        shutil.rmtree(checkpoint.parent)  # the random model was only a stand-in: do not leave it in /tmp
     out = cfg.job_dir / "reports"
     out.mkdir(parents=True, exist_ok=True)
     report = {

@@ -31,6 +31,19 @@ def target_texts(cfg) -> list[str]:
     return [row["text"] if "text" in row else " ".join(row["tokens"]) for row in test]
 
 
+def prepare(args):
+    """The job config, its reports directory, and the target test texts written where the locustfile reads them."""
+    from domainlift.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    texts = target_texts(cfg)
+    out = cfg.job_dir / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+    texts_file = out / "loadtest_texts.json"
+    texts_file.write_text(json.dumps(texts))
+    return cfg, out, texts_file
+
+
 def run_locust(url: str, cfg, texts_file: Path, out: Path, name: str = "loadtest") -> dict:
     """One headless Locust run against url; returns its summary (Locust's aggregated row, plus texts/s)."""
     lt = cfg.loadtest
@@ -73,19 +86,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from benchmarks.server import running_server
-    from domainlift.config import ConfigError, load_config
+    from domainlift.config import ConfigError
     from finetune.data import DataError
 
     try:
-        cfg = load_config(args.config, args.overrides)
-        texts = target_texts(cfg)
+        cfg, out, texts_file = prepare(args)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = cfg.job_dir / "reports"
-    out.mkdir(parents=True, exist_ok=True)
-    texts_file = out / "loadtest_texts.json"
-    texts_file.write_text(json.dumps(texts))
     if args.url:
         summary = run_locust(args.url, cfg, texts_file, out)
     else:
