@@ -82,10 +82,14 @@ def main(argv=None) -> int:
     results = {}
     for key, command in commands(args, cfg).items():
         print(f"({key}) {SERVICES[key]}: {cfg.loadtest.users} users for {cfg.loadtest.run_time_s}s", flush=True)
-        with running_server(command, cwd=ROOT, log_dir=out) as url:
-            results[key] = run_locust(url, cfg, texts_file, out, name=f"bench-serve-{key}")
-            if key != "c":
-                results[key]["variant"] = served_variant(url)
+        try:
+            with running_server(command, cwd=ROOT, log_dir=out) as url:
+                results[key] = run_locust(url, cfg, texts_file, out, name=f"bench-serve-{key}")
+                if key != "c":
+                    results[key]["variant"] = served_variant(url)
+        except RuntimeError as e:  # a service did not start (e.g. nothing exported yet): its log says why
+            print(f"error: ({key}) {e}", file=sys.stderr)
+            return 2
     report = table(results)
     (out / "bench-serve.json").write_text(json.dumps({"services": SERVICES, "results": results}, indent=2) + "\n")
     (out / "bench-serve.md").write_text(f"# bench-serve: {cfg.job}\n\n{report}\n")

@@ -94,12 +94,16 @@ def main(argv=None) -> int:
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.url:
-        summary = run_locust(args.url, cfg, texts_file, out)
-    else:
-        serve = [sys.executable, "-m", "serve", "--config", args.config, *args.overrides]
-        with running_server(serve, cwd=ROOT, log_dir=out) as url:
-            summary = run_locust(url, cfg, texts_file, out)
+    try:
+        if args.url:
+            summary = run_locust(args.url, cfg, texts_file, out)
+        else:
+            serve = [sys.executable, "-m", "serve", "--config", args.config, *args.overrides]
+            with running_server(serve, cwd=ROOT, log_dir=out) as url:
+                summary = run_locust(url, cfg, texts_file, out)
+    except RuntimeError as e:  # the service did not start (e.g. nothing exported yet): its log says why
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     bound = cfg.loadtest.max_p99_ms
     summary["max_p99_ms"] = bound
     summary["passed"] = summary["failures"] == 0 and summary["requests"] > 0 and summary["p99_ms"] <= bound

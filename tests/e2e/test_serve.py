@@ -293,6 +293,14 @@ def test_serving_without_an_export_says_what_to_run(tmp_path):
     assert proc.returncode == 2 and "make export JOB=never-exported" in proc.stderr
 
 
+def test_loadtest_without_an_export_says_what_to_run(tmp_path, capsys):
+    from benchmarks import loadtest
+
+    cfg_path = write_config(tmp_path, job="never-exported")
+    assert loadtest.main(["--config", str(cfg_path)]) == 2
+    assert "make export JOB=never-exported" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_built_bento_serves_with_nothing_but_itself(sentiment_job, tmp_path):
     """bentoml build -> bentoml export -> a fresh store elsewhere: no repo artifacts, no original model store."""
