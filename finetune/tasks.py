@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 IGNORE = -100  # label id the loss and the metrics skip
 
 MAIN_METRIC = {"text-classification": "accuracy", "token-classification": "f1"}
+# The Trainer keeps the best dev checkpoint by this key and stops early when it stops rising: the main
+# metric, ties broken by the mean probability the model gives the right label. Without the tie-break an
+# easy dev set that is already at 100% after epoch 1 keeps the barely trained epoch-1 model and stops.
+SELECTION_METRIC = "selection"
+TIE_BREAK = 1e-6  # below one example's worth of the main metric on dev sets up to 10^6 examples
 
 
 def model_class(task: str):
@@ -104,7 +109,25 @@ def metrics_fn(task: str, labels: list[str]):
             "recall": float(recall_score(true, predicted)),
         }
 
-    return classification if task == "text-classification" else ner
+    compute = classification if task == "text-classification" else ner
+
+    def with_selection(pred):
+        out = compute(pred)
+        out[SELECTION_METRIC] = out[MAIN_METRIC[task]] + TIE_BREAK * true_label_probability(pred[0], pred[1])
+        return out
+
+    return with_selection
+
+
+def true_label_probability(logits: np.ndarray, label_ids: np.ndarray) -> float:
+    """Mean softmax probability of the gold label over the labelled positions (texts, or first sub-words)."""
+    logits = logits.reshape(-1, logits.shape[-1]).astype(np.float64)
+    y = label_ids.reshape(-1)
+    keep = y != IGNORE
+    logits, y = logits[keep], y[keep]
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    return float(probs[np.arange(len(y)), y].mean()) if len(y) else 0.0
 
 
 def decode_tags(logits: np.ndarray, label_ids: np.ndarray, labels: list[str]):

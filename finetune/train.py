@@ -161,7 +161,7 @@ def pretrain(cfg: JobConfig, base: Path, tokenizer, run_dir: Path, resume: bool)
         base, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}
     )
     out = run_dir / "pretrain"
-    args = training_args(cfg, out, tasks.MAIN_METRIC[task], cfg.pretrain.epochs, cfg.pretrain.learning_rate)
+    args = training_args(cfg, out, tasks.SELECTION_METRIC, cfg.pretrain.epochs, cfg.pretrain.learning_rate)
     trainer = _trainer(cfg, model, tokenizer, args, enc_train, enc_dev, task, labels)
     log.info("pretrain: %d examples from %s, %s epochs", len(enc_train), cfg.pretrain.data, cfg.pretrain.epochs)
     last = last_complete_checkpoint(out) if resume else None
@@ -222,7 +222,7 @@ def run(cfg: JobConfig, resume: bool = False, overwrite: bool = False) -> Path |
     model = method.prepare(model, cfg, task)
 
     metric = tasks.MAIN_METRIC[task]
-    args = training_args(cfg, run_dir, metric, cfg.train.epochs, cfg.train.learning_rate)
+    args = training_args(cfg, run_dir, tasks.SELECTION_METRIC, cfg.train.epochs, cfg.train.learning_rate)
     trainer = _trainer(cfg, model, tokenizer, args, enc["train"], enc["dev"], task, labels)
 
     # --- run

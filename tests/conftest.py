@@ -36,11 +36,13 @@ CHECKPOINT_FILES = {
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer BERT with MiniLM's real tokenizer: fast, no downloads."""
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from domainlift.config import default_model_path
 
     out = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)  # the same random weights in every run, whatever ran before
     tok = AutoTokenizer.from_pretrained(default_model_path())
     cfg = BertConfig(
         vocab_size=tok.vocab_size,
