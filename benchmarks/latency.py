@@ -3,9 +3,11 @@
 python -m benchmarks.latency --config configs/sentiment-kitchen.yaml            # = make bench
 python -m benchmarks.latency --random-weights --arch bert-base                  # no checkpoint needed (GPU boxes)
 
-Subjects: the original checkpoint in PyTorch fp32 eager on the CPU, and on the GPU (fp32, and fp16) when there is
-one; every variant under artifacts/<job>/export/ on its own runtime (ONNX Runtime on the CPU, and with the CUDA
-provider where it exists; PyTorch for torch-* and pruned-* variants, bitsandbytes ones on the GPU only).
+Subjects: the original checkpoint in PyTorch fp32 eager on the CPU, and on the GPU when there is one (fp32 eager,
+fp16 eager, fp16 compiled with CUDA graphs); every variant under artifacts/<job>/export/ on its own runtime (ONNX
+Runtime on the CPU, and with the CUDA provider where it exists; PyTorch for torch-* and pruned-* variants,
+bitsandbytes ones on the GPU only). With --random-weights on a GPU, torch-int8 and torch-nf4 are built from the
+random model when bitsandbytes is installed.
 Cells: each batch size on real target-domain test texts at their natural lengths (consecutive texts, padded to
 the longest of the batch), and each batch size at each fixed length in tokens. Each subject runs in a fresh
 process, so its peak memory is its own (RSS on the CPU; torch's allocated memory on the GPU). Latency does not
@@ -49,11 +51,21 @@ class Subject:
     device: str  # "cpu" | "cuda"
     path: str
     half: bool = False  # the original in fp16 on the GPU
+    compiled: bool = False  # torch.compile with CUDA graphs (GPU)
     accuracy: float | None = None  # the target-test metric from its manifest (None with random weights)
 
     @property
     def label(self) -> str:
-        return f"{self.name}{' fp16' if self.half else ''} [{self.device}]"
+        return f"{self.name}{' fp16' if self.half else ''}{' compiled' if self.compiled else ''} [{self.device}]"
+
+
+def gpu_originals(checkpoint: str, accuracy: float | None) -> list[Subject]:
+    """The original on the GPU: fp32 eager (the reference), fp16 eager, and fp16 compiled with CUDA graphs."""
+    return [
+        Subject("original", "cuda", checkpoint, accuracy=accuracy),
+        Subject("original", "cuda", checkpoint, half=True, accuracy=accuracy),
+        Subject("original", "cuda", checkpoint, half=True, compiled=True, accuracy=accuracy),
+    ]
 
 
 def cuda_devices() -> tuple[bool, bool]:
@@ -74,8 +86,7 @@ def subjects_for(job_dir: Path, torch_cuda: bool, ort_cuda: bool) -> tuple[list[
     out = [Subject("original", "cpu", str(checkpoint), accuracy=quality["target_test"])]
     skipped = []
     if torch_cuda:
-        out += [Subject("original", "cuda", str(checkpoint), accuracy=out[0].accuracy)]
-        out += [Subject("original", "cuda", str(checkpoint), half=True, accuracy=out[0].accuracy)]
+        out += gpu_originals(str(checkpoint), out[0].accuracy)
     else:
         skipped.append("original [cuda]: no CUDA GPU here")
     export = job_dir / "export"
@@ -135,10 +146,14 @@ def measure(subject: Subject, cells: dict, bench: dict) -> dict:
     if runtime_of(Path(subject.path)) == "onnxruntime":
         runner = OnnxRunner(Path(subject.path), threads, device=subject.device)
     else:
-        runner = TorchRunner(Path(subject.path), threads, device=subject.device, half=subject.half)
+        runner = TorchRunner(
+            Path(subject.path), threads, device=subject.device, half=subject.half, compiled=subject.compiled
+        )
     results = {}
     for name, batches in cells.items():
-        for i in range(bench["warmup"]):
+        # On the GPU the first call of each input shape pays for CUDA-graph recording and kernel autotuning,
+        # so the warm-up there covers every batch of the cell.
+        for i in range(bench["warmup"] * (len(batches) if subject.device == "cuda" else 1)):
             runner(batches[i % len(batches)])
         times = []
         start = time.perf_counter()
@@ -180,12 +195,27 @@ def random_checkpoint(arch: str, task: str, out: Path) -> Path:
     return out
 
 
+def random_bitsandbytes_variants(checkpoint: Path, task: str) -> tuple[list[Subject], list[str]]:
+    """torch-int8 and torch-nf4 built from the random checkpoint (GPU only), next to it in its scratch dir."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return [], ["torch-int8, torch-nf4 [cuda]: bitsandbytes is not installed"]
+    from export.build import bitsandbytes_weights
+
+    out = []
+    for name, bits in (("torch-int8", 8), ("torch-nf4", 4)):
+        bitsandbytes_weights(checkpoint, checkpoint.parent / name, task, bits)
+        out.append(Subject(name, "cuda", str(checkpoint.parent / name)))
+    return out, []
+
+
 def speedup_table(report: dict, natural: bool) -> str:
     """p50 per cell; in brackets the speedup over the original on the same device (and on the GPU, when timed).
     One table for natural lengths, one for fixed lengths: a single one is too wide to read."""
     rows = report["results"]
     cells = [c for c in next(iter(rows))["cells"] if c.startswith(NATURAL) == natural]
-    ref = {r["device"]: r for r in rows if r["name"] == "original" and not r["half"]}
+    ref = {r["device"]: r for r in rows if r["name"] == "original" and not r["half"] and not r["compiled"]}
     gpu = ref.get("cuda")
     head = "| subject | accuracy | peak mem MB | " + " | ".join(cells) + " |"
     lines = [head, "|" + "---|" * (len(cells) + 3)]
@@ -259,19 +289,21 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     from domainlift import manifest
-    from domainlift.config import ConfigError, JobConfig, load_config
+    from domainlift.config import ConfigError, load_config
     from finetune.data import DataError
 
     torch_cuda, ort_cuda = cuda_devices()
     try:
         if args.random_weights:
-            cfg = load_config(args.config, args.overrides) if args.config else JobConfig(job=f"random-{args.arch}")
+            defaults = [] if args.config else [f"job=random-{args.arch}"]
+            cfg = load_config(args.config, defaults + args.overrides)
             scratch = Path(tempfile.mkdtemp(prefix="domainlift-random-"))
             checkpoint = random_checkpoint(args.arch, args.task, scratch / "checkpoint")
             subjects = [Subject("original", "cpu", str(checkpoint))]
-            if torch_cuda:
-                subjects += [Subject("original", "cuda", str(checkpoint), half=half) for half in (False, True)]
             skipped = [] if torch_cuda else ["original [cuda]: no CUDA GPU here"]
+            if torch_cuda:
+                bnb, skipped = random_bitsandbytes_variants(checkpoint, args.task)
+                subjects += gpu_originals(str(checkpoint), None) + bnb
         else:
             if not args.config:
                 raise ConfigError("--config is required (or --random-weights --arch minilm|bert-base)")

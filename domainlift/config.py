@@ -96,7 +96,9 @@ class TrainConfig:
     max_steps: int = -1  # > 0 overrides epochs
     # Evaluate on dev and save resumable state every `eval_steps` steps, or once per epoch when null.
     eval_steps: int | None = None
-    early_stopping_patience: int = 2  # evaluations without dev improvement before stopping; 0 = off
+    # Evaluations without dev improvement before stopping; 0 = off. "Improvement" and the kept best model
+    # are by the main dev metric, ties broken by the mean probability of the right label.
+    early_stopping_patience: int = 2
     # auto: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     group_by_length: bool = True  # batches of similar length: less padding, same result
@@ -226,16 +228,18 @@ def resolve_model_path(cfg: JobConfig) -> Path:
 # ---- loading ---------------------------------------------------------------------------------------
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> JobConfig:
-    """Read configs/<job>.yaml, apply `dotted.key=value` overrides, validate everything."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; the shipped ones are in configs/")
-    with open(path) as f:
-        try:
-            raw = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from e
+def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> JobConfig:
+    """Read configs/<job>.yaml (None: the built-in defaults), apply `dotted.key=value` overrides, validate."""
+    raw = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; the shipped ones are in configs/")
+        with open(path) as f:
+            try:
+                raw = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path} is not valid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a mapping of sections (data:, model:, train: ...)")
     for item in overrides:
@@ -249,8 +253,10 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> JobConfig
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
         node[parts[-1]] = yaml.safe_load(value)
-    cfg = _build(JobConfig, raw, prefix="", origin=str(path))
+    cfg = _build(JobConfig, raw, prefix="", origin=str(path or "the built-in defaults"))
     if cfg.job is None:
+        if path is None:
+            raise ConfigError("without a config file the job needs a name: add the override job=<name>")
         cfg.job = path.stem
     _check(cfg)
     return cfg

@@ -3,6 +3,7 @@
 GPU subjects are listed as skipped here (no CUDA on CI); on a GPU machine the same test times them too."""
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import write_easy_job
@@ -51,6 +52,50 @@ def test_random_weights_time_an_architecture_without_a_checkpoint(exported_job, 
     assert report["random_weights"] == "minilm"
     assert [r["label"] for r in report["results"]][0] == "original [cpu]"
     assert report["plots"] == ["latency_vs_batch.png"]  # no accuracy without a checkpoint
+
+
+def test_random_weights_need_no_config_and_take_overrides(tmp_path):
+    assert latency.main(["--random-weights", f"output_dir={tmp_path}", *FEW]) == 0
+    report = json.loads((tmp_path / "random-minilm/reports/latency.json").read_text())
+    assert report["bench"]["batch_sizes"] == [1, 4] and report["random_weights"] == "minilm"
+    stand_in = Path(report["results"][0]["path"])
+    assert stand_in.name == "checkpoint" and not stand_in.parent.exists(), "the stand-in is deleted after the run"
+
+
+def test_compiled_runner_gives_the_eager_logits_at_any_length(tmp_path):
+    # torch.compile compiles for symbolic shapes and pads lengths to a multiple of 32 (one CUDA graph per
+    # bucket on a GPU; here on the CPU, no graphs): token logits must come back at the input's own width.
+    import numpy as np
+    import torch
+    from transformers import BertConfig, BertForTokenClassification
+
+    from domainlift.runtime import TorchRunner
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    BertForTokenClassification(config).save_pretrained(tmp_path)
+    eager, compiled = TorchRunner(tmp_path), TorchRunner(tmp_path, compiled=True)
+    rng = np.random.default_rng(0)
+    for batch, width in [(1, 7), (3, 33), (2, 64)]:
+        ids = rng.integers(5, 500, size=(batch, width))
+        mask = np.ones_like(ids)
+        mask[0, width // 2 :] = 0
+        inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": 0 * ids}
+        want, got = eager(inputs), compiled(inputs)
+        assert got.shape == (batch, width, 2)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.skipif(not latency.cuda_devices()[0], reason="needs a CUDA GPU (CI has none)")
+def test_the_gpu_subjects_are_timed_on_a_gpu(exported_job):
+    assert latency.main(["--config", str(exported_job), *FEW]) == 0
+    report = json.loads((load_config(exported_job).job_dir / "reports/latency.json").read_text())
+    labels = {r["label"] for r in report["results"]}
+    assert {"original [cuda]", "original fp16 [cuda]", "original fp16 compiled [cuda]"} <= labels
+    gpu = [r for r in report["results"] if r["device"] == "cuda"]
+    assert all(r["peak_gpu_allocated_mb"] > 0 for r in gpu)
 
 
 def test_a_missing_checkpoint_is_a_clear_error(tmp_path, tiny_model_dir, capsys):
