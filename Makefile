@@ -9,7 +9,7 @@ PORT ?= 3000
 # the CUDA index. It is installed before the project so pip never resolves a bare `torch` to a CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup finetune export serve bento bench loadtest bench-serve test test-fast quality style clean
+.PHONY: setup finetune export serve bento bench loadtest bench-serve adapt-matrix test test-fast quality style clean
 
 setup:
 	test -x $(PYTHON) || python3 -m venv .venv
@@ -37,6 +37,9 @@ loadtest:  # Locust, headless and bounded (the job's loadtest: section), against
 
 bench-serve:  # the same Locust profile against (a) this service, (b) it without batching, (c) a naive pipeline service
 	$(PYTHON) -m benchmarks.bench_serve --config $(CONFIG) $(ARGS)
+
+adapt-matrix:  # methods x domain pairs, target-test accuracy vs source-only; PAIRS=books:kitchen,dvd:electronics
+	$(PYTHON) -m benchmarks.adapt_matrix $(if $(PAIRS),--pairs $(PAIRS)) $(ARGS)
 
 test:
 	$(PYTHON) -m pytest -q tests

@@ -46,6 +46,15 @@ class DataConfig:
     seed: int = 42  # split seed; splits are stratified by label for classification
     max_train_samples: int | None = None  # cap (for smoke runs); None = all
     max_eval_samples: int | None = None  # cap on dev and test (for smoke runs); None = all
+    # Few-shot: this many *labelled* target examples (from the target's train part, stratified for
+    # classification) join the training data; the rest of that part stays unlabeled. 0 = none.
+    target_labelled: int = 0
+    # Text augmentation of the training texts (classification only; needs no download): each example gets
+    # `augment_copies` extra copies with words randomly deleted ("delete") or swapped ("swap"), each word
+    # with probability augment_prob. Labels are never changed.
+    augment: Literal["none", "delete", "swap"] = "none"
+    augment_prob: float = 0.1
+    augment_copies: int = 1
 
 
 @dataclass
@@ -68,11 +77,62 @@ class LoraConfig:
 
 
 @dataclass
+class DaptConfig:
+    # dapt: masked-LM training on the target domain's unlabeled text before the task fine-tuning.
+    epochs: float = 2.0
+    learning_rate: float = 5e-5
+    mlm_probability: float = 0.15
+    max_samples: int | None = None  # cap on the unlabeled texts; None = all
+
+
+@dataclass
+class DannConfig:
+    # dann: a domain classifier on the [CLS] representation behind a gradient reversal layer. The reversal
+    # weight rises from 0 to `weight` as 2/(1+exp(-gamma*p))-1 over training progress p (Ganin et al. 2016).
+    weight: float = 0.1
+    gamma: float = 10.0
+    hidden: int = 256  # domain classifier hidden units
+
+
+@dataclass
+class UdalmConfig:
+    # udalm: source task loss + mlm_weight * masked-LM loss on an unlabeled target batch, in the same steps.
+    # The masked-LM head starts untrained (the default model has none), so its early loss (~10 nats) and
+    # gradients are large: at weight 1.0 they swamped the task on books -> kitchen (0.63 vs 0.81 source-only).
+    mlm_weight: float = 0.1
+    mlm_probability: float = 0.15
+
+
+@dataclass
+class FgmConfig:
+    # fgm: each step also trains on the word embeddings pushed epsilon along the loss gradient (Miyato et al.).
+    epsilon: float = 1.0
+
+
+# The training objectives; "dapt+<objective>" runs domain-adaptive pre-training first (e.g. dapt+dann).
+OBJECTIVES = ("full", "lora", "dann", "udalm", "fgm")
+
+
+@dataclass
 class MethodConfig:
     # full: every weight trains. lora: low-rank adapters through peft, merged into the saved checkpoint.
-    # Domain-adaptation methods (dann, dapt, udalm, fgm) plug in here: see finetune/methods/.
-    name: Literal["full", "lora"] = "full"
+    # dann / udalm / fgm: domain-adversarial, masked-LM-on-target, embedding-adversarial objectives (full
+    # fine-tuning of every weight). dapt alone = dapt+full. See finetune/methods/.
+    name: str = "full"
     lora: LoraConfig = field(default_factory=LoraConfig)
+    dapt: DaptConfig = field(default_factory=DaptConfig)
+    dann: DannConfig = field(default_factory=DannConfig)
+    udalm: UdalmConfig = field(default_factory=UdalmConfig)
+    fgm: FgmConfig = field(default_factory=FgmConfig)
+
+    @property
+    def uses_dapt(self) -> bool:
+        return self.name.split("+")[0] == "dapt"
+
+    @property
+    def objective(self) -> str:
+        parts = self.name.split("+")
+        return parts[-1] if parts != ["dapt"] else "full"
 
 
 @dataclass
@@ -335,8 +395,30 @@ def _check(cfg: JobConfig) -> None:
     lt = cfg.loadtest
     if lt.users <= 0 or lt.run_time_s <= 0 or lt.spawn_rate <= 0 or not 1 <= lt.min_texts <= lt.max_texts:
         raise ConfigError("loadtest: users, run_time_s and spawn_rate must be positive, 1 <= min_texts <= max_texts")
+    _check_method(cfg)
+    if d.augment != "none" and d.task != "text-classification":
+        raise ConfigError(
+            "data.augment works on text classification only: deleting or swapping words would move entity spans"
+        )
+    if not 0 <= d.augment_prob < 1 or d.augment_copies < 1 or d.target_labelled < 0:
+        raise ConfigError("data.augment_prob must be in [0, 1), augment_copies >= 1, target_labelled >= 0")
     if cfg.method.name == "lora" and not cfg.method.lora.target_modules:
         raise ConfigError("method.lora.target_modules is empty: name the Linear modules, e.g. [query, value]")
+
+
+def _check_method(cfg: JobConfig) -> None:
+    m = cfg.method
+    parts = m.name.split("+")
+    valid = (len(parts) == 1 and parts[0] in (*OBJECTIVES, "dapt")) or (
+        len(parts) == 2 and parts[0] == "dapt" and parts[1] in OBJECTIVES
+    )
+    if not valid:
+        raise ConfigError(
+            f"method.name is {m.name!r}; choose one of {', '.join(OBJECTIVES)}, dapt, "
+            "or dapt+<one of those> (domain-adaptive pre-training first, e.g. dapt+dann)"
+        )
+    if not 0 < m.dapt.mlm_probability < 1 or not 0 < m.udalm.mlm_probability < 1:
+        raise ConfigError("method.dapt.mlm_probability and method.udalm.mlm_probability must be in (0, 1)")
 
 
 def _check_serve(s: ServeConfig) -> None:

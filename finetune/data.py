@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,19 +220,50 @@ def build_splits(cfg: DataConfig) -> Splits:
     else:
         dev = source["test"]
     test = target["test"]
-    unlabeled = target["train"].remove_columns([c for c in ("label", "tags") if c in target["train"].column_names])
     # Real corpora repeat themselves (the Amazon files hold 22-43 reviews twice): a copy of a test example
     # in training data would leak the test set, so copies are dropped from everything but the test set.
-    train, dev, unlabeled = (
-        _drop_overlap(ds, test, name) for ds, name in ((train, "train"), (dev, "dev"), (unlabeled, "unlabeled target"))
+    train, dev, target_train = (
+        _drop_overlap(ds, test, name) for ds, name in ((train, "train"), (dev, "dev"), (target["train"], "target"))
     )
+    if cfg.target_labelled:  # few-shot: some target labels join the source's
+        if same:
+            raise DataError("data.target_labelled adds target labels to the source's, but the target is the source")
+        parts = _split(target_train, cfg.target_labelled, cfg, what="data.target_labelled")
+        target_train = parts["train"]
+        few = parts["test"].cast(train.features)
+        train = datasets.concatenate_datasets([train, few])
+        log.info("few-shot: %d labelled target examples added to %d source examples", len(few), len(train) - len(few))
+    unlabeled = target_train.remove_columns([c for c in ("label", "tags") if c in target_train.column_names])
 
     train = cap(train, cfg.max_train_samples, cfg.seed)
+    if cfg.augment != "none":
+        train = augment(train, cfg.augment, cfg.augment_prob, cfg.augment_copies, cfg.seed)
     dev = cap(dev, cfg.max_eval_samples, cfg.seed)
     test = cap(test, cfg.max_eval_samples, cfg.seed)
     labels = label_space(train, cfg.task)
     check_labels_seen(labels, {"dev": dev, "test": test}, cfg)
     return Splits(train=train, dev=dev, test=test, unlabeled=unlabeled, labels=labels)
+
+
+def augment(ds: datasets.Dataset, how: str, prob: float, copies: int, seed: int) -> datasets.Dataset:
+    """ds plus `copies` altered copies of each text: each word deleted ("delete", at least one word stays), or
+    about prob * words random swaps of two words ("swap"). The label is the original's, always."""
+    rng = random.Random(seed)
+
+    def alter(text: str) -> str:
+        words = text.split()
+        if how == "delete":
+            kept = [w for w in words if rng.random() >= prob]
+            return " ".join(kept or [rng.choice(words)]) if words else text
+        for _ in range(max(1, round(prob * len(words))) if len(words) > 1 else 0):
+            i, j = rng.sample(range(len(words)), 2)
+            words[i], words[j] = words[j], words[i]
+        return " ".join(words)
+
+    rows = [{**r, "text": alter(r["text"])} for _ in range(copies) for r in ds]
+    extra = datasets.Dataset.from_list(rows, features=ds.features)
+    log.info("augment (%s, p=%s): %d altered copies added to %d training texts", how, prob, len(extra), len(ds))
+    return datasets.concatenate_datasets([ds, extra])
 
 
 def _key(row: dict) -> str:

@@ -1,4 +1,4 @@
-"""The fine-tuning recipe: setup -> (pretrain) -> train -> evaluate -> save the checkpoint artifact.
+"""The fine-tuning recipe: setup -> (dapt) -> (pretrain) -> train -> evaluate -> save the checkpoint artifact.
 
     python -m finetune --config configs/sentiment-kitchen.yaml [train.epochs=1 ...] [--resume] [--overwrite]
 
@@ -28,6 +28,8 @@ from domainlift import manifest
 from domainlift.config import ConfigError, JobConfig, resolve_model_path
 from finetune import data as data_mod
 from finetune import methods, tasks
+from finetune.methods import dapt
+from finetune.methods.target import encode_texts
 
 log = logging.getLogger("finetune")
 CHECKPOINT = "checkpoint"
@@ -104,11 +106,19 @@ def training_args(cfg: JobConfig, out: Path, metric: str, epochs: float, lr: flo
     )
 
 
-def _trainer(cfg, model, tokenizer, args, train_ds, dev_ds, task, labels) -> Trainer:
+def _trainer(cfg, model, tokenizer, args, train_ds, dev_ds, task, labels, method=None, unlabeled=None) -> Trainer:
     callbacks = []
     if cfg.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    return Trainer(
+    extra = {}
+    trainer_class = getattr(method, "Trainer", Trainer)
+    if trainer_class is not Trainer:
+        extra["method_cfg"] = cfg.method
+    if hasattr(method, "target_collator"):  # the objective also trains on unlabeled target text
+        extra["target"] = encode_texts(unlabeled, tokenizer, cfg.model.max_length)
+        extra["target_collator"] = method.target_collator(tokenizer, cfg)
+    return trainer_class(
+        **extra,
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -188,7 +198,7 @@ def run(cfg: JobConfig, resume: bool = False, overwrite: bool = False) -> Path |
         )
     base = resolve_model_path(cfg)
     check_model_dir(base)
-    method = methods.get(cfg.method.name)
+    method = methods.get(cfg.method.objective)
     splits = data_mod.build_splits(cfg.data)
     resume_from = _resume_point(run_dir, resume, overwrite)
     if overwrite and not resume and run_dir.exists():
@@ -209,8 +219,10 @@ def run(cfg: JobConfig, resume: bool = False, overwrite: bool = False) -> Path |
     )
 
     start = base
+    if cfg.method.uses_dapt:
+        start = dapt.run(cfg, start, tokenizer, splits.unlabeled, run_dir, precision_flags(cfg.train.precision))
     if cfg.pretrain.data:
-        start = pretrain(cfg, base, tokenizer, run_dir, resume)
+        start = pretrain(cfg, start, tokenizer, run_dir, resume)
 
     enc = {
         name: tasks.tokenize(getattr(splits, name), tokenizer, labels, cfg.model.max_length, task, name)
@@ -223,7 +235,7 @@ def run(cfg: JobConfig, resume: bool = False, overwrite: bool = False) -> Path |
 
     metric = tasks.MAIN_METRIC[task]
     args = training_args(cfg, run_dir, tasks.SELECTION_METRIC, cfg.train.epochs, cfg.train.learning_rate)
-    trainer = _trainer(cfg, model, tokenizer, args, enc["train"], enc["dev"], task, labels)
+    trainer = _trainer(cfg, model, tokenizer, args, enc["train"], enc["dev"], task, labels, method, splits.unlabeled)
 
     # --- run
     t0 = time.perf_counter()
@@ -300,7 +312,8 @@ def run(cfg: JobConfig, resume: bool = False, overwrite: bool = False) -> Path |
 
 
 def _strip(metrics: dict, prefix: str) -> dict:
-    return {k[len(prefix) + 1 :]: v for k, v in metrics.items() if k.startswith(prefix + "_")}
+    drop = f"{prefix}_{tasks.SELECTION_METRIC}"  # model selection's internal key, not a metric to report
+    return {k[len(prefix) + 1 :]: v for k, v in metrics.items() if k.startswith(prefix + "_") and k != drop}
 
 
 def peak_memory_mb() -> dict:

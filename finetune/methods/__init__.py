@@ -3,18 +3,18 @@
     prepare(model, cfg, task) -> model   wrap or modify the freshly loaded task model before training
     finalize(model, out_dir) -> model    turn the trained model into a plain transformers model to save
                                          (and save any extra files, e.g. a LoRA adapter, under out_dir)
+    Trainer (optional)                   a transformers.Trainer subclass with the method's loss; built with
+                                         method_cfg=cfg.method (and target=, target_collator= when the
+                                         module has target_collator(tokenizer, cfg): unlabeled target batches)
 
+`dapt` is not an objective but a phase before one (finetune/methods/dapt.py): method.name dapt+<objective>.
 Every method keeps the checkpoint contract, so export and serving never need to know which one ran.
-Domain-adaptation methods (dann, dapt, udalm, fgm) are added here as further modules.
 """
 
-from domainlift.config import ConfigError
-from finetune.methods import full, lora
+from finetune.methods import dann, fgm, full, lora, udalm
 
-METHODS = {"full": full, "lora": lora}
+METHODS = {"full": full, "lora": lora, "dann": dann, "udalm": udalm, "fgm": fgm}
 
 
-def get(name: str):
-    if name not in METHODS:
-        raise ConfigError(f"unknown method.name {name!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[name]
+def get(objective: str):
+    return METHODS[objective]  # names are validated with the config (domainlift/config.py)

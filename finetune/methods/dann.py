@@ -1,0 +1,80 @@
+"""Domain-adversarial training (DANN, Ganin et al. 2016): a domain classifier on the [CLS] representation,
+behind a gradient reversal layer, learns to tell source batches from unlabeled target batches while the encoder
+learns to make them indistinguishable. Every weight of the encoder trains (full fine-tuning).
+
+The domain classifier is attached to the model while training (so the Trainer optimises and checkpoints it) and
+removed before the checkpoint is saved: the saved model is a plain task model.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import DataCollatorWithPadding
+
+from finetune.methods.target import TargetTrainer, unwrap
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by -weight backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight: float):
+        ctx.weight = weight
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.weight * grad, None
+
+
+def reversal_weight(progress: float, weight: float, gamma: float) -> float:
+    """0 at the start, rising to `weight`: the domain signal is noise while the classifier is untrained."""
+    return weight * (2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0)
+
+
+def prepare(model, cfg, task: str):
+    c = cfg.method.dann
+    hidden = model.config.hidden_size
+    model.domain_classifier = nn.Sequential(
+        nn.Linear(hidden, c.hidden), nn.ReLU(), nn.Dropout(0.1), nn.Linear(c.hidden, 1)
+    )
+    return model
+
+
+def finalize(model, out_dir: Path):
+    del model.domain_classifier
+    return model
+
+
+def target_collator(tokenizer, cfg):
+    return DataCollatorWithPadding(tokenizer)
+
+
+class Trainer(TargetTrainer):
+    def __init__(self, *args, method_cfg, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dann = method_cfg.dann
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        task_loss, outputs = super().compute_loss(
+            model, {**inputs, "output_hidden_states": True}, True, num_items_in_batch
+        )
+        inner = unwrap(model)
+        target = self.target_batch(inputs["input_ids"].device)
+        source_cls = outputs.hidden_states[-1][:, 0]
+        target_cls = inner.base_model(**target).last_hidden_state[:, 0]
+        features = torch.cat([source_cls, target_cls])
+        domain = torch.cat([torch.zeros(len(source_cls)), torch.ones(len(target_cls))]).to(features.device)
+        weight = reversal_weight(self.progress(), self.dann.weight, self.dann.gamma)
+        logits = inner.domain_classifier(GradientReversal.apply(features, weight)).squeeze(-1)
+        domain_loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), domain)
+        self.record("domain_loss", domain_loss.detach())
+        self.record("reversal_weight", weight)
+        loss = task_loss + domain_loss
+        return (loss, outputs) if return_outputs else loss

@@ -1,0 +1,68 @@
+"""What the domain-adaptation objectives share: unlabeled target-domain batches drawn next to each source batch."""
+
+from __future__ import annotations
+
+import datasets
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer
+
+from domainlift.config import ConfigError
+
+
+def encode_texts(ds: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
+    """Model inputs for unlabeled rows: a text, or an NER sentence's words joined by spaces."""
+    texts = list(ds["text"]) if "text" in ds.column_names else [" ".join(words) for words in ds["tokens"]]
+    return datasets.Dataset.from_dict(dict(tokenizer(texts, truncation=True, max_length=max_length)))
+
+
+class TargetTrainer(Trainer):
+    """A Trainer whose training loss also sees a batch of unlabeled target text per step (cycled through, in
+    a seeded random order); evaluation and prediction are the plain Trainer's."""
+
+    def __init__(self, *args, target: datasets.Dataset, target_collator, **kwargs):
+        super().__init__(*args, **kwargs)
+        if len(target) == 0:
+            raise ConfigError(
+                "this method trains on unlabeled target-domain text, but the target's train part is empty: "
+                "set data.target to a domain with more rows than data.test_size"
+            )
+        self._target_loader = DataLoader(
+            target,
+            batch_size=self.args.per_device_train_batch_size,
+            shuffle=True,
+            collate_fn=target_collator,
+            generator=torch.Generator().manual_seed(self.args.seed),
+        )
+        self._target_iter = iter(())
+        self.extra_losses: dict[str, list[float]] = {}  # every step's value of each extra loss term
+        self._logged: dict[str, int] = {}
+
+    def record(self, name: str, value) -> None:
+        self.extra_losses.setdefault(name, []).append(float(value))
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        # Training logs also show the mean of each extra loss term since the previous log line.
+        if "loss" in logs:
+            for name, values in self.extra_losses.items():
+                recent = values[self._logged.get(name, 0) :]
+                if recent:
+                    logs[name] = round(sum(recent) / len(recent), 4)
+                self._logged[name] = len(values)
+        super().log(logs, *args, **kwargs)
+
+    def target_batch(self, device) -> dict:
+        try:
+            batch = next(self._target_iter)
+        except StopIteration:
+            self._target_iter = iter(self._target_loader)
+            batch = next(self._target_iter)
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def progress(self) -> float:
+        """Fraction of training done, 0 -> 1."""
+        return self.state.global_step / max(self.state.max_steps, 1)
+
+
+def unwrap(model):
+    return model.module if hasattr(model, "module") else model  # DDP
