@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import DataCollatorWithPadding
 
-from finetune.methods.target import TargetTrainer, unwrap
+from finetune.methods.target import TargetTrainer
 
 
 class GradientReversal(torch.autograd.Function):
@@ -55,26 +55,17 @@ def target_collator(tokenizer, cfg):
 
 
 class Trainer(TargetTrainer):
-    def __init__(self, *args, method_cfg, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.dann = method_cfg.dann
+    output_hidden_states = True  # the source batch's [CLS] vectors
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if not model.training:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        task_loss, outputs = super().compute_loss(
-            model, {**inputs, "output_hidden_states": True}, True, num_items_in_batch
-        )
-        inner = unwrap(model)
-        target = self.target_batch(inputs["input_ids"].device)
+    def target_loss(self, model, outputs, target: dict):
+        c = self.method_cfg.dann
         source_cls = outputs.hidden_states[-1][:, 0]
-        target_cls = inner.base_model(**target).last_hidden_state[:, 0]
+        target_cls = model.base_model(**target).last_hidden_state[:, 0]
         features = torch.cat([source_cls, target_cls])
         domain = torch.cat([torch.zeros(len(source_cls)), torch.ones(len(target_cls))]).to(features.device)
-        weight = reversal_weight(self.progress(), self.dann.weight, self.dann.gamma)
-        logits = inner.domain_classifier(GradientReversal.apply(features, weight)).squeeze(-1)
+        weight = reversal_weight(self.progress(), c.weight, c.gamma)
+        logits = model.domain_classifier(GradientReversal.apply(features, weight)).squeeze(-1)
         domain_loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), domain)
         self.record("domain_loss", domain_loss.detach())
         self.record("reversal_weight", weight)
-        loss = task_loss + domain_loss
-        return (loss, outputs) if return_outputs else loss
+        return domain_loss

@@ -20,8 +20,11 @@ class TargetTrainer(Trainer):
     """A Trainer whose training loss also sees a batch of unlabeled target text per step (cycled through, in
     a seeded random order); evaluation and prediction are the plain Trainer's."""
 
-    def __init__(self, *args, target: datasets.Dataset, target_collator, **kwargs):
+    output_hidden_states = False  # whether target_loss needs the source batch's hidden states
+
+    def __init__(self, *args, method_cfg, target: datasets.Dataset, target_collator, **kwargs):
         super().__init__(*args, **kwargs)
+        self.method_cfg = method_cfg
         if len(target) == 0:
             raise ConfigError(
                 "this method trains on unlabeled target-domain text, but the target's train part is empty: "
@@ -58,6 +61,19 @@ class TargetTrainer(Trainer):
             self._target_iter = iter(self._target_loader)
             batch = next(self._target_iter)
         return {k: v.to(device) for k, v in batch.items()}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training:  # evaluation and prediction: the task loss alone
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        task_inputs = {**inputs, "output_hidden_states": True} if self.output_hidden_states else inputs
+        task_loss, outputs = super().compute_loss(model, task_inputs, True, num_items_in_batch)
+        target = self.target_batch(inputs["input_ids"].device)
+        loss = task_loss + self.target_loss(unwrap(model), outputs, target)
+        return (loss, outputs) if return_outputs else loss
+
+    def target_loss(self, model, outputs, target: dict):
+        """The method's extra loss term on an unlabeled target batch (model unwrapped; outputs: the source's)."""
+        raise NotImplementedError
 
     def progress(self) -> float:
         """Fraction of training done, 0 -> 1."""

@@ -14,7 +14,7 @@ from torch import nn
 from transformers import DataCollatorForLanguageModeling
 from transformers.activations import ACT2FN
 
-from finetune.methods.target import TargetTrainer, unwrap
+from finetune.methods.target import TargetTrainer
 
 log = logging.getLogger(__name__)
 
@@ -52,24 +52,14 @@ def target_collator(tokenizer, cfg):
 
 
 class Trainer(TargetTrainer):
-    def __init__(self, *args, method_cfg, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.udalm = method_cfg.udalm
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if not model.training:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        task_loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        inner = unwrap(model)
-        target = self.target_batch(inputs["input_ids"].device)
+    def target_loss(self, model, outputs, target: dict):
         labels = target.pop("labels")
-        hidden = inner.base_model(**target).last_hidden_state
+        hidden = model.base_model(**target).last_hidden_state
         masked = labels != -100  # the vocabulary projection only where a token was masked: ~15% of the cost
-        scores = inner.mlm_head(hidden[masked])
+        scores = model.mlm_head(hidden[masked])
         if masked.any():
             mlm_loss = nn.functional.cross_entropy(scores.float(), labels[masked])
         else:  # a batch of very short texts can draw no mask at all
             mlm_loss = scores.sum() * 0.0
         self.record("mlm_loss", mlm_loss.detach())
-        loss = task_loss + self.udalm.mlm_weight * mlm_loss
-        return (loss, outputs) if return_outputs else loss
+        return self.method_cfg.udalm.mlm_weight * mlm_loss
