@@ -1,11 +1,17 @@
-"""Domain-adaptation methods x Amazon review domain pairs: target-test accuracy of each, against source-only.
+"""Domain-adaptation methods x domain pairs: the target-test score of each, against the baseline.
 
-python -m benchmarks.adapt_matrix                                    # = make adapt-matrix
+python -m benchmarks.adapt_matrix                                    # = make adapt-matrix (Amazon reviews)
 python -m benchmarks.adapt_matrix --pairs books:kitchen,dvd:electronics --methods full,dann train.epochs=1
+python -m benchmarks.adapt_matrix --suite crossner                   # = make adapt-matrix SUITE=crossner
 
-Each cell fine-tunes the job in --config (default configs/sentiment-kitchen.yaml) with data.source = the pair's
-source domain, data.target = its target domain and method.name = the column's method, then reads the target-test
-accuracy from the checkpoint's metrics. `full` is source-only fine-tuning, the baseline every gain is against.
+Two suites:
+- amazon: rows = source:target review domains, columns = method.name values, cells = target-test accuracy.
+  Each cell fine-tunes configs/sentiment-kitchen.yaml with the pair's domains; `full` (source-only) is the baseline.
+- crossner: rows = CrossNER target domains, columns = how the target's 200 (ai: 100) labelled sentences are used,
+  cells = entity micro-F1 on the target test set. Each cell fine-tunes configs/ner-conll2003-to-politics.yaml:
+  `direct` fine-tunes on the target sentences alone (the baseline), `pretrain` trains on CoNLL-2003 first,
+  `pretrain+dapt` runs masked-LM training on the target's unlabeled text before both. The CoNLL pre-training
+  without DAPT is the same for every domain: it runs once and the others reuse it (finetune's pretrain-cache).
 Finished cells are reused when their recorded config equals the one asked for (--force reruns them), so an
 interrupted matrix resumes. Writes <out>/results.json, results.md and heatmap.png; runs go to <out>/runs/.
 """
@@ -26,7 +32,32 @@ DOMAINS = ("books", "dvd", "electronics", "kitchen")
 ALL_PAIRS = [f"{s}:{t}" for s in DOMAINS for t in DOMAINS if s != t]
 CPU_PAIRS = ["books:kitchen", "dvd:electronics", "electronics:books", "kitchen:dvd"]  # each domain once each way
 METHODS = ["full", "dapt", "dann", "udalm", "fgm"]
-BASELINE = "full"
+
+NER_DOMAINS = ("politics", "science", "ai")
+# The target's unlabeled text is its ~200 training sentences (the paper's DAPT corpora hold millions), so DAPT
+# makes more passes over it than the Amazon default of 2.
+NER_SETTINGS = {
+    "direct": ["pretrain.data=null", "method.name=full"],
+    "pretrain": ["pretrain.data=data/crossner/conll2003", "method.name=full"],
+    "pretrain+dapt": ["pretrain.data=data/crossner/conll2003", "method.name=dapt", "method.dapt.epochs=10"],
+}
+
+SUITES = {
+    "amazon": {
+        "config": "configs/sentiment-kitchen.yaml",
+        "out": "artifacts/adapt-matrix",
+        "columns": METHODS,
+        "baseline": "full",
+        "metric": "accuracy",
+    },
+    "crossner": {
+        "config": "configs/ner-conll2003-to-politics.yaml",
+        "out": "artifacts/adapt-matrix-crossner",
+        "columns": list(NER_SETTINGS),
+        "baseline": "direct",
+        "metric": "f1",
+    },
+}
 
 
 def parse_pairs(text: str) -> list[tuple[str, str]]:
@@ -39,20 +70,31 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def cell_config(base: str, out: Path, source: str, target: str, method: str, overrides: list[str]):
+def parse_ner_domains(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in text.split(","):
+        target = item.strip().removeprefix("conll2003:")
+        if target not in NER_DOMAINS:
+            raise ValueError(f"CrossNER domain {item!r}: use one of {', '.join(NER_DOMAINS)}")
+        pairs.append(("conll2003", target))
+    return pairs
+
+
+def cell_config(suite: str, base: str, out: Path, source: str, target: str, column: str, overrides: list[str]):
     from domainlift.config import load_config
 
-    return load_config(
-        base,
-        [
-            f"job={source}-to-{target}-{method.replace('+', '-')}",
-            f"output_dir={out / 'runs'}",
+    if suite == "amazon":
+        cell = [
             f"data.source=data/amazon-reviews/{source}.jsonl",
             f"data.target=data/amazon-reviews/{target}.jsonl",
-            f"method.name={method}",
-            *overrides,
-        ],
-    )
+            f"method.name={column}",
+        ]
+    else:
+        if column not in NER_SETTINGS:
+            raise ValueError(f"CrossNER column {column!r}: use one of {', '.join(NER_SETTINGS)}")
+        cell = [f"data.source=data/crossner/{target}", f"data.target=data/crossner/{target}", *NER_SETTINGS[column]]
+    job = f"{source}-to-{target}-{column.replace('+', '-')}"
+    return load_config(base, [f"job={job}", f"output_dir={out / 'runs'}", *cell, *overrides])
 
 
 def run_cell(cfg, force: bool) -> dict:
@@ -68,25 +110,25 @@ def run_cell(cfg, force: bool) -> dict:
     return {**json.loads((ckpt / "metrics.json").read_text()), "reused": False}
 
 
-def summarise(cells: dict, pairs: list[str], methods: list[str]) -> dict:
-    means = {m: sum(cells[p][m]["accuracy"] for p in pairs) / len(pairs) for m in methods}
-    gains = {m: means[m] - means[BASELINE] for m in methods} if BASELINE in methods else {}
-    return {"mean": means, "gain_over_source_only": gains}
+def summarise(cells: dict, pairs: list[str], methods: list[str], baseline: str) -> dict:
+    means = {m: sum(cells[p][m]["score"] for p in pairs) / len(pairs) for m in methods}
+    gains = {m: means[m] - means[baseline] for m in methods} if baseline in methods else {}
+    return {"mean": means, "gain_over_baseline": gains}
 
 
 def markdown(report: dict) -> str:
-    pairs, methods, cells = report["pairs"], report["methods"], report["cells"]
+    pairs, methods, cells, baseline = report["pairs"], report["methods"], report["cells"], report["baseline"]
     lines = [
-        "| pair | " + " | ".join("source-only" if m == BASELINE else m for m in methods) + " |",
+        "| pair | " + " | ".join(f"{m} (baseline)" if m == baseline else m for m in methods) + " |",
         "|---|" + "---|" * len(methods),
     ]
     for p in pairs:
         lines.append(
-            f"| {p.replace(':', ' → ')} | " + " | ".join(f"{cells[p][m]['accuracy']:.4f}" for m in methods) + " |"
+            f"| {p.replace(':', ' → ')} | " + " | ".join(f"{cells[p][m]['score']:.4f}" for m in methods) + " |"
         )
     lines.append("| **mean** | " + " | ".join(f"**{report['mean'][m]:.4f}**" for m in methods) + " |")
-    if report["gain_over_source_only"]:
-        gains = report["gain_over_source_only"]
+    if report["gain_over_baseline"]:
+        gains = report["gain_over_baseline"]
         lines.append("| gain (points) | " + " | ".join(f"{100 * gains[m]:+.2f}" for m in methods) + " |")
     lines.append(
         "| train time, s (mean) | "
@@ -104,17 +146,17 @@ def heatmap(report: dict, path: Path) -> None:
     import numpy as np
 
     pairs, methods = report["pairs"], report["methods"]
-    acc = np.array(
-        [[report["cells"][p][m]["accuracy"] for m in methods] for p in pairs] + [[report["mean"][m] for m in methods]]
+    score = np.array(
+        [[report["cells"][p][m]["score"] for m in methods] for p in pairs] + [[report["mean"][m] for m in methods]]
     )
     fig, ax = plt.subplots(figsize=(1.6 * len(methods) + 2, 0.5 * len(pairs) + 2))
-    im = ax.imshow(acc, cmap="viridis", aspect="auto")
-    for i in range(acc.shape[0]):
-        for j in range(acc.shape[1]):
-            ax.text(j, i, f"{acc[i, j]:.3f}", ha="center", va="center", color="w", fontsize=8)
-    ax.set_xticks(range(len(methods)), ["source-only" if m == BASELINE else m for m in methods])
+    im = ax.imshow(score, cmap="viridis", aspect="auto")
+    for i in range(score.shape[0]):
+        for j in range(score.shape[1]):
+            ax.text(j, i, f"{score[i, j]:.3f}", ha="center", va="center", color="w", fontsize=8)
+    ax.set_xticks(range(len(methods)), [f"{m}\n(baseline)" if m == report["baseline"] else m for m in methods])
     ax.set_yticks(range(len(pairs) + 1), [p.replace(":", " → ") for p in pairs] + ["mean"])
-    ax.set_title("target-test accuracy")
+    ax.set_title(f"target-test {report['metric']}")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -123,11 +165,17 @@ def heatmap(report: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     parser = job_parser("python -m benchmarks.adapt_matrix", __doc__, config_required=False)
+    parser.add_argument("--suite", choices=list(SUITES), default="amazon")
     parser.add_argument(
-        "--pairs", help=f"comma-separated source:target (default: {','.join(CPU_PAIRS)}; all 12 on a GPU)"
+        "--pairs",
+        help=f"amazon: comma-separated source:target (default {','.join(CPU_PAIRS)}; all 12 on a GPU); "
+        f"crossner: target domains (default {','.join(NER_DOMAINS)})",
     )
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated method.name values")
-    parser.add_argument("--out", default="artifacts/adapt-matrix")
+    parser.add_argument(
+        "--methods",
+        help=f"columns, comma-separated (amazon: method.name values; crossner: {', '.join(NER_SETTINGS)}); default all",
+    )
+    parser.add_argument("--out", help="default artifacts/adapt-matrix (amazon), artifacts/adapt-matrix-crossner")
     parser.add_argument("--force", action="store_true", help="rerun cells that already finished")
     args = parser.parse_args(argv)
 
@@ -137,12 +185,20 @@ def main(argv=None) -> int:
     from domainlift.config import ConfigError
     from finetune.data import DataError
 
-    base = args.config or "configs/sentiment-kitchen.yaml"
-    out = Path(args.out)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    suite = SUITES[args.suite]
+    base = args.config or suite["config"]
+    out = Path(args.out or suite["out"])
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else suite["columns"]
     try:
-        pairs = parse_pairs(args.pairs or ",".join(ALL_PAIRS if torch.cuda.is_available() else CPU_PAIRS))
-        configs = {(f"{s}:{t}", m): cell_config(base, out, s, t, m, args.overrides) for s, t in pairs for m in methods}
+        if args.suite == "amazon":
+            pairs = parse_pairs(args.pairs or ",".join(ALL_PAIRS if torch.cuda.is_available() else CPU_PAIRS))
+        else:
+            pairs = parse_ner_domains(args.pairs or ",".join(NER_DOMAINS))
+        configs = {
+            (f"{s}:{t}", m): cell_config(args.suite, base, out, s, t, m, args.overrides)
+            for s, t in pairs
+            for m in methods
+        }
     except (ValueError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -155,13 +211,16 @@ def main(argv=None) -> int:
             print(f"error: {pair} {method}: {e}", file=sys.stderr)
             return 2
         cells[pair][method] = {
-            "accuracy": metrics["target_test"]["accuracy"],
-            "macro_f1": metrics["target_test"]["macro_f1"],
+            "score": metrics["target_test"][suite["metric"]],
+            "target_test": {k: v for k, v in metrics["target_test"].items() if k != "per_type"},
             "train_runtime_s": metrics["train_runtime_s"],
             "reused": metrics["reused"],
             "checkpoint": str(cfg.job_dir / "checkpoint"),
         }
     report = {
+        "suite": args.suite,
+        "metric": suite["metric"],
+        "baseline": suite["baseline"],
         "pairs": list(cells),
         "methods": methods,
         "config": base,
@@ -170,12 +229,13 @@ def main(argv=None) -> int:
         "wall_s": round(time.perf_counter() - t0, 1),
         "cells": cells,
     }
-    report.update(summarise(cells, report["pairs"], methods))
+    report.update(summarise(cells, report["pairs"], methods, suite["baseline"]))
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)
     command = " ".join(["python -m benchmarks.adapt_matrix", *(sys.argv[1:] if argv is None else argv)])
-    (out / "results.md").write_text(f"# Domain adaptation: target-test accuracy\n\n`{command}`\n\n{table}\n")
+    title = f"Domain adaptation ({args.suite}): target-test {suite['metric']}"
+    (out / "results.md").write_text(f"# {title}\n\n`{command}`\n\n{table}\n")
     heatmap(report, out / "heatmap.png")
     print(table)
     print(f"results: {out}/results.md, results.json, heatmap.png")

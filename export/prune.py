@@ -1,4 +1,8 @@
-"""Structured pruning that really shrinks the matrices: attention heads and FFN neurons.
+"""Structured pruning that really shrinks the matrices: whole layers, attention heads and FFN neurons.
+
+Layers (export.prune_layers, optional, first): the ones whose removal raises the source dev loss least are
+dropped (Sajjad et al. 2023 found dropping layers of a fine-tuned BERT costs little); config.num_hidden_layers
+shrinks with them.
 
 Importance (Michel et al. 2019, "Are Sixteen Heads Really Better than One?"): on the source dev set,
 |d loss / d head_mask| per head, normalised per layer, and |activation x gradient| per FFN neuron.
@@ -51,6 +55,36 @@ def importance(model, batches: list[dict]) -> tuple[torch.Tensor, list[torch.Ten
     return heads, ffn
 
 
+def layer_importance(model, batches: list[dict]) -> list[float]:
+    """Per layer: how much the dev loss rises when that layer is skipped (its input passes on unchanged)."""
+    encoder = model.base_model.encoder
+    layers = encoder.layer
+    model.eval()
+
+    def dev_loss() -> float:
+        with torch.no_grad():
+            return sum(model(**b).loss.item() for b in batches) / len(batches)
+
+    full = dev_loss()
+    scores = []
+    try:
+        for i in range(len(layers)):
+            encoder.layer = torch.nn.ModuleList(layer for j, layer in enumerate(layers) if j != i)
+            scores.append(dev_loss() - full)
+    finally:
+        encoder.layer = layers
+    return scores
+
+
+def drop_layers(model, scores: list[float], n: int) -> list[int]:
+    """Remove the n layers with the lowest scores in place; return the indices of the kept layers."""
+    keep = sorted(sorted(range(len(scores)), key=lambda i: scores[i])[n:])
+    encoder = model.base_model.encoder
+    encoder.layer = torch.nn.ModuleList(encoder.layer[i] for i in keep)
+    model.config.num_hidden_layers = len(keep)
+    return keep
+
+
 def prune(model, heads_score: torch.Tensor, ffn_score: list[torch.Tensor], ratio: float) -> dict:
     """Remove the least important heads and FFN neurons in place; return what was removed."""
     n_layers, n_heads = heads_score.shape
@@ -84,22 +118,35 @@ def _take(linear: torch.nn.Linear, idx: torch.Tensor, dim: int) -> torch.nn.Line
 
 
 class DistillTrainer(Trainer):
-    """Loss = 0.5 * task CE + 0.5 * T^2 * KL(student/T || teacher/T), T = 2 (Hinton et al. 2015)."""
+    """Loss = 0.5 * task CE + 0.5 * T^2 * KL(student/T || teacher/T), T = 2 (Hinton et al. 2015), plus
+    hidden_weight * the mean squared distance between the student's and the teacher's hidden states after every
+    layer, at real tokens (TinyBERT's intermediate-layer loss; pruning keeps the hidden size, and
+    each student layer lines up with the teacher layer it came from)."""
 
-    def __init__(self, *args, teacher=None, temperature: float = 2.0, **kwargs):
+    def __init__(self, *args, teacher=None, temperature=2.0, hidden_weight=0.0, kept_layers=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.teacher = teacher.eval()
         self.temperature = temperature
+        self.hidden_weight = hidden_weight
+        self.kept_layers = kept_layers  # student layer j mimics teacher layer kept_layers[j]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        out = model(**inputs)
+        hidden = self.hidden_weight > 0
+        out = model(**inputs, output_hidden_states=hidden)
         with torch.no_grad():
-            t_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+            teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            t_out = self.teacher(**teacher_inputs, output_hidden_states=hidden)
         mask = (inputs["labels"] != -100).unsqueeze(-1) if out.logits.dim() == 3 else None
-        s, t = out.logits / self.temperature, t_logits / self.temperature
+        s, t = out.logits / self.temperature, t_out.logits / self.temperature
         kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="none").sum(-1)
         kl = kl[mask.squeeze(-1)].mean() if mask is not None else kl.mean()
         loss = 0.5 * out.loss + 0.5 * self.temperature**2 * kl
+        if hidden:
+            real = inputs["attention_mask"].bool()
+            kept = self.kept_layers or range(len(out.hidden_states) - 1)
+            teacher_states = [t_out.hidden_states[i + 1] for i in kept]
+            mse = [F.mse_loss(hs[real], ht[real]) for hs, ht in zip(out.hidden_states[1:], teacher_states)]
+            loss = loss + self.hidden_weight * torch.stack(mse).mean()
         return (loss, out) if return_outputs else loss
 
 
@@ -112,6 +159,8 @@ def recover(
     out_dir: Path,
     epochs: float,
     distill: bool,
+    hidden_weight: float = 0.0,
+    kept_layers: list[int] | None = None,
     lr: float = 5e-5,
     batch_size: int = 16,
     seed: int = 42,
@@ -133,6 +182,9 @@ def recover(
         disable_tqdm=False,
     )
     kwargs = dict(model=model, args=args, train_dataset=train_ds, data_collator=collator, processing_class=tokenizer)
-    trainer = DistillTrainer(teacher=teacher, **kwargs) if distill else Trainer(**kwargs)
+    if distill:
+        trainer = DistillTrainer(teacher=teacher, hidden_weight=hidden_weight, kept_layers=kept_layers, **kwargs)
+    else:
+        trainer = Trainer(**kwargs)
     trainer.train()
     return trainer.model

@@ -73,8 +73,10 @@ def parse_variant(name: str, cfg: JobConfig) -> Variant:
     if pct:
         recipe["prune"] = {
             "ratio": pct / 100,
+            "layers_removed": e.prune_layers,
             "recovery_epochs": e.prune_recovery_epochs,
             "distill": e.prune_distill,
+            "hidden_weight": e.prune_hidden_weight,
             "importance": "gradient, source dev set",
         }
     if base == "onnx-int8-static":
@@ -144,12 +146,16 @@ class Exporter:
             gold = evaluate.label_matrix(dev.select(idx.tolist()))
             t["labels"] = torch.as_tensor(gold if gold.ndim == 1 else gold[:, : t["input_ids"].shape[1]])
             dev_batches.append(t)
-        heads, ffn = prune.importance(model, dev_batches)
+        e = self.cfg.export
         before = sum(p.numel() for p in model.parameters())
-        info = prune.prune(model, heads, ffn, pct / 100)
+        kept = list(range(model.config.num_hidden_layers))
+        if e.prune_layers:
+            kept = prune.drop_layers(model, prune.layer_importance(model, dev_batches), e.prune_layers)
+            log.info("pruned %d whole layers: kept layers %s", e.prune_layers, kept)
+        heads, ffn = prune.importance(model, dev_batches)
+        info = {"layers_kept": kept, **prune.prune(model, heads, ffn, pct / 100)}
         after = sum(p.numel() for p in model.parameters())
         log.info("pruned %d%%: %d -> %d parameters, heads removed %s", pct, before, after, info["heads_removed"])
-        e = self.cfg.export
         if e.prune_recovery_epochs > 0:
             train = self.encode(self.splits.train, "train")
             model = prune.recover(
@@ -161,6 +167,8 @@ class Exporter:
                 self.work / f"recover-{pct}",
                 e.prune_recovery_epochs,
                 e.prune_distill,
+                hidden_weight=e.prune_hidden_weight,
+                kept_layers=kept,
                 lr=self.cfg.train.learning_rate,
                 batch_size=self.cfg.train.batch_size,
                 seed=self.cfg.train.seed,
@@ -264,6 +272,12 @@ class Exporter:
 
     def run(self, names: list[str]) -> dict:
         variants = [parse_variant(n, self.cfg) for n in names]  # every name checked before any work
+        layers = json.loads((self.ckpt / "config.json").read_text()).get("num_hidden_layers", 0)
+        if any(v.prune_pct for v in variants) and self.cfg.export.prune_layers >= layers:
+            raise ConfigError(
+                f"export.prune_layers is {self.cfg.export.prune_layers} but the model has {layers} layers; "
+                f"remove at most {layers - 1}"
+            )
         if any(v.base and v.base.startswith("onnx") for v in variants):
             build.check_onnx_support(self.ckpt, self.task)
         metric = tasks.MAIN_METRIC[self.task]

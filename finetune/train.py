@@ -12,6 +12,8 @@ Resumable training state and TensorBoard logs live in artifacts/<job>/run/.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -153,11 +155,29 @@ def _resume_point(run_dir: Path, resume: bool, overwrite: bool):
     return None
 
 
+def pretrain_key(cfg: JobConfig, start: Path) -> str:
+    """What the pre-trained encoder depends on: the starting weights, the pre-training data and every setting
+    the phase reads. Jobs with the same key (e.g. one CoNLL pre-training for several CrossNER domains) share it."""
+    inputs = {
+        "start": manifest.parent_info(start)["sha256"],
+        "data": manifest.parent_info(Path(cfg.pretrain.data))["sha256"],
+        "pretrain": dataclasses.asdict(cfg.pretrain),
+        "train": {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in ("epochs", "learning_rate")},
+        "task": cfg.data.task,
+        "max_length": cfg.model.max_length,
+        "samples": [cfg.data.seed, cfg.data.max_train_samples, cfg.data.max_eval_samples],
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def pretrain(cfg: JobConfig, base: Path, tokenizer, run_dir: Path, resume: bool) -> Path:
-    """Train on a related labelled dataset first; keep only the encoder (the main phase makes a new head)."""
-    encoder_dir = run_dir / "pretrain" / "encoder"
-    if encoder_dir.is_dir() and resume:
-        log.info("pretrain: reusing the finished encoder in %s", encoder_dir)
+    """Train on a related labelled dataset first; keep only the encoder (the main phase makes a new head).
+    The encoder goes to <output_dir>/pretrain-cache/<key>/, and a later job with the same key reuses it."""
+    key = pretrain_key(cfg, base)
+    encoder_dir = Path(cfg.output_dir) / "pretrain-cache" / key
+    if (encoder_dir / manifest.MANIFEST).is_file():
+        manifest.verify(encoder_dir)
+        log.info("pretrain: reusing the encoder pre-trained with the same inputs, %s", encoder_dir)
         return encoder_dir
     task = cfg.data.task
     domain = data_mod.load_domain(cfg.pretrain.data, cfg.data)
@@ -176,10 +196,20 @@ def pretrain(cfg: JobConfig, base: Path, tokenizer, run_dir: Path, resume: bool)
     log.info("pretrain: %d examples from %s, %s epochs", len(enc_train), cfg.pretrain.data, cfg.pretrain.epochs)
     last = last_complete_checkpoint(out) if resume else None
     trainer.train(resume_from_checkpoint=last)
+    dev_metrics = _strip(trainer.evaluate(metric_key_prefix="dev"), "dev")  # of the best epoch, loaded back
     if trainer.is_world_process_zero():
         with manifest.atomic_dir(encoder_dir, overwrite=True) as tmp:
             trainer.model.base_model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            manifest.write(
+                tmp,
+                kind="pretrained-encoder",
+                config=cfg.to_dict(),
+                parent=manifest.parent_info(base),
+                quality={"task": task, "pretrain_dev": dev_metrics},
+                producer="finetune.pretrain",
+                key=key,
+            )
     trainer.accelerator.wait_for_everyone()
     return encoder_dir
 

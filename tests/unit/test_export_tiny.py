@@ -96,6 +96,23 @@ def test_pruning_really_shrinks_the_matrices(job):
     )
 
 
+def test_whole_layers_are_removed_and_the_rest_distils_from_the_layers_they_came_from(job):
+    import shutil
+
+    cfg = load_config(job, ["job=layers", "export.prune_layers=1", "export.prune_hidden_weight=1.0"])
+    shutil.copytree(load_config(job).job_dir / "checkpoint", cfg.job_dir / "checkpoint", dirs_exist_ok=True)
+    report = Exporter(cfg).run(["pruned-50"])
+    assert report["rows"][1]["status"] in ("accepted", "rejected")
+    d = cfg.job_dir / "export/pruned-50"
+    model = load_runner(d).model  # a plain Hugging Face model again: the saved config has one layer
+    assert model.config.num_hidden_layers == 1 and len(model.bert.encoder.layer) == 1
+    info = json.loads((d / "pruning.json").read_text())
+    assert len(info["layers_kept"]) == 1 and info["parameters"][1] < info["parameters"][0]
+    assert manifest.read(d)["recipe"]["prune"]["layers_removed"] == 1
+    with pytest.raises(ConfigError, match="remove at most 1"):
+        Exporter(load_config(job, ["job=layers", "export.prune_layers=2"])).run(["pruned-50"])
+
+
 def test_rerun_is_idempotent_and_force_rebuilds(job):
     cfg = load_config(job)
     Exporter(cfg).run(["onnx-fp32"])

@@ -87,7 +87,8 @@ def test_ner_with_pretrain_phase(tmp_path, tiny_model_dir):
     assert "per_type" in metrics["target_test"]
     model = AutoModelForTokenClassification.from_pretrained(ckpt)
     assert len(model.config.id2label) == 19, "the head has the politics tag set, not conll2003's"
-    assert (tmp_path / "artifacts/t/run/pretrain/encoder/model.safetensors").is_file()
+    (encoder,) = (tmp_path / "artifacts/pretrain-cache").iterdir()
+    assert manifest.verify(encoder)["kind"] == "pretrained-encoder"
 
 
 def test_existing_checkpoint_is_refused_unless_overwrite(tmp_path, tiny_model_dir):

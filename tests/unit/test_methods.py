@@ -171,8 +171,8 @@ def test_the_adapt_matrix_runs_a_one_pair_slice_and_resumes(tmp_path, tiny_model
     report = json.loads((tmp_path / "results.json").read_text())
     assert report["pairs"] == ["books:kitchen"] and report["methods"] == ["full", "dann"]
     cell = report["cells"]["books:kitchen"]["dann"]
-    assert 0 <= cell["accuracy"] <= 1 and cell["reused"] is False
-    assert report["gain_over_source_only"]["dann"] == report["mean"]["dann"] - report["mean"]["full"]
+    assert 0 <= cell["score"] == cell["target_test"]["accuracy"] <= 1 and cell["reused"] is False
+    assert report["gain_over_baseline"]["dann"] == report["mean"]["dann"] - report["mean"]["full"]
     assert "| books → kitchen |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "runs/books-to-kitchen-dann/run").exists(), "the Trainer states are removed"
@@ -180,3 +180,38 @@ def test_the_adapt_matrix_runs_a_one_pair_slice_and_resumes(tmp_path, tiny_model
     assert json.loads((tmp_path / "results.json").read_text())["cells"]["books:kitchen"]["dann"]["reused"] is True
     assert adapt_matrix.main(["--pairs", "books:books"]) == 2
     assert "two different domains" in capsys.readouterr().err
+
+
+def test_the_crossner_matrix_shares_one_conll_pretraining_across_domains(tmp_path, tiny_model_dir):
+    from benchmarks import adapt_matrix
+
+    common = [
+        "--suite",
+        "crossner",
+        "--out",
+        str(tmp_path),
+        f"model.path={tiny_model_dir}",
+        "model.max_length=32",
+        "data.max_train_samples=200",  # all of politics' and science's 200 sentences, 200 of CoNLL's 15k
+        "data.max_eval_samples=16",
+        "train.epochs=1",
+        "pretrain.epochs=1",
+    ]
+    assert adapt_matrix.main(["--pairs", "politics,science", "--methods", "direct,pretrain", *common]) == 0
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["metric"] == "f1" and report["baseline"] == "direct"
+    assert report["pairs"] == ["conll2003:politics", "conll2003:science"]
+    for pair in report["pairs"]:
+        for column in ("direct", "pretrain"):
+            cell = report["cells"][pair][column]
+            assert 0 <= cell["score"] == cell["target_test"]["f1"] <= 1
+    configs = {
+        c: json.loads((tmp_path / f"runs/conll2003-to-politics-{c}/checkpoint/manifest.json").read_text())["config"]
+        for c in ("direct", "pretrain")
+    }
+    assert configs["direct"]["pretrain"]["data"] is None
+    assert configs["pretrain"]["pretrain"]["data"] == "data/crossner/conll2003"
+    cache = list((tmp_path / "runs/pretrain-cache").iterdir())
+    assert len(cache) == 1, "one CoNLL pre-training serves both domains"
+    assert manifest.verify(cache[0])["kind"] == "pretrained-encoder"
+    assert adapt_matrix.main(["--pairs", "law", *common]) == 2
