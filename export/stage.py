@@ -120,6 +120,7 @@ class Exporter:
         self.tokenizer = AutoTokenizer.from_pretrained(self.ckpt)
         model_cfg = json.loads((self.ckpt / "config.json").read_text())
         self.labels = [model_cfg["id2label"][str(i)] for i in range(len(model_cfg["id2label"]))]
+        self.num_layers = model_cfg.get("num_hidden_layers", 0)
         self.splits = data_mod.build_splits(cfg.data)
         self.test = self.encode(self.splits.test, "test")
         self.gold = evaluate.label_matrix(self.test)
@@ -272,11 +273,10 @@ class Exporter:
 
     def run(self, names: list[str]) -> dict:
         variants = [parse_variant(n, self.cfg) for n in names]  # every name checked before any work
-        layers = json.loads((self.ckpt / "config.json").read_text()).get("num_hidden_layers", 0)
-        if any(v.prune_pct for v in variants) and self.cfg.export.prune_layers >= layers:
+        if any(v.prune_pct for v in variants) and self.cfg.export.prune_layers >= self.num_layers:
             raise ConfigError(
-                f"export.prune_layers is {self.cfg.export.prune_layers} but the model has {layers} layers; "
-                f"remove at most {layers - 1}"
+                f"export.prune_layers is {self.cfg.export.prune_layers} but the model has {self.num_layers} layers; "
+                f"remove at most {self.num_layers - 1}"
             )
         if any(v.base and v.base.startswith("onnx") for v in variants):
             build.check_onnx_support(self.ckpt, self.task)

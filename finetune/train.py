@@ -155,11 +155,11 @@ def _resume_point(run_dir: Path, resume: bool, overwrite: bool):
     return None
 
 
-def pretrain_key(cfg: JobConfig, start: Path) -> str:
+def pretrain_key(cfg: JobConfig, start_sha256: str) -> str:
     """What the pre-trained encoder depends on: the starting weights, the pre-training data and every setting
     the phase reads. Jobs with the same key (e.g. one CoNLL pre-training for several CrossNER domains) share it."""
     inputs = {
-        "start": manifest.parent_info(start)["sha256"],
+        "start": start_sha256,
         "data": manifest.parent_info(Path(cfg.pretrain.data))["sha256"],
         "pretrain": dataclasses.asdict(cfg.pretrain),
         "train": {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in ("epochs", "learning_rate")},
@@ -173,7 +173,8 @@ def pretrain_key(cfg: JobConfig, start: Path) -> str:
 def pretrain(cfg: JobConfig, base: Path, tokenizer, run_dir: Path, resume: bool) -> Path:
     """Train on a related labelled dataset first; keep only the encoder (the main phase makes a new head).
     The encoder goes to <output_dir>/pretrain-cache/<key>/, and a later job with the same key reuses it."""
-    key = pretrain_key(cfg, base)
+    parent = manifest.parent_info(base)  # hashes the starting weights: once, for the key and the manifest
+    key = pretrain_key(cfg, parent["sha256"])
     encoder_dir = Path(cfg.output_dir) / "pretrain-cache" / key
     if (encoder_dir / manifest.MANIFEST).is_file():
         manifest.verify(encoder_dir)
@@ -205,7 +206,7 @@ def pretrain(cfg: JobConfig, base: Path, tokenizer, run_dir: Path, resume: bool)
                 tmp,
                 kind="pretrained-encoder",
                 config=cfg.to_dict(),
-                parent=manifest.parent_info(base),
+                parent=parent,
                 quality={"task": task, "pretrain_dev": dev_metrics},
                 producer="finetune.pretrain",
                 key=key,
