@@ -7,13 +7,16 @@ python -m benchmarks.adapt_matrix --suite crossner                   # = make ad
 Two suites:
 - amazon: rows = source:target review domains, columns = method.name values, cells = target-test accuracy.
   Each cell fine-tunes configs/sentiment-kitchen.yaml with the pair's domains; `full` (source-only) is the baseline.
+  One more column, `few-shot-200`, is `full` with 200 labelled target reviews added to the training data: the
+  methods use target text without labels, few-shot uses target labels, and it shows what a few labels buy.
 - crossner: rows = CrossNER target domains, columns = how the target's 200 (ai: 100) labelled sentences are used,
   cells = entity micro-F1 on the target test set. Each cell fine-tunes configs/ner-conll2003-to-politics.yaml:
   `direct` fine-tunes on the target sentences alone (the baseline), `pretrain` trains on CoNLL-2003 first,
   `pretrain+dapt` runs masked-LM training on the target's unlabeled text before both. The CoNLL pre-training
   without DAPT is the same for every domain: it runs once and the others reuse it (finetune's pretrain-cache).
-Finished cells are reused when their recorded config equals the one asked for (--force reruns them), so an
-interrupted matrix resumes. Writes <out>/results.json, results.md and heatmap.png; runs go to <out>/runs/.
+Finished cells are reused when their recorded fine-tuning config (data, model, method, pretrain, train) equals
+the one asked for (--force reruns them), so an interrupted matrix resumes. Writes <out>/results.json,
+results.md and heatmap.png; runs go to <out>/runs/.
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ DOMAINS = ("books", "dvd", "electronics", "kitchen")
 ALL_PAIRS = [f"{s}:{t}" for s in DOMAINS for t in DOMAINS if s != t]
 CPU_PAIRS = ["books:kitchen", "dvd:electronics", "electronics:books", "kitchen:dvd"]  # each domain once each way
 METHODS = ["full", "dapt", "dann", "udalm", "fgm"]
+# Columns that are not a method.name alone. Few-shot is a different setting from the others: it uses target
+# *labels* (200 of the target's 1600 train reviews, stratified), so it answers "what do a few labels buy".
+AMAZON_SETTINGS = {"few-shot-200": ["method.name=full", "data.target_labelled=200"]}
+# A cell's finished checkpoint is reused when these sections of its config equal the ones asked for; export,
+# serve, loadtest and bench settings do not change what fine-tuning produces.
+FINETUNE_SECTIONS = ("data", "model", "method", "pretrain", "train")
 
 NER_DOMAINS = ("politics", "science", "ai")
 # The target's unlabeled text is its ~200 training sentences (the paper's DAPT corpora hold millions), so DAPT
@@ -46,7 +55,7 @@ SUITES = {
     "amazon": {
         "config": "configs/sentiment-kitchen.yaml",
         "out": "artifacts/adapt-matrix",
-        "columns": METHODS,
+        "columns": [*METHODS, *AMAZON_SETTINGS],
         "baseline": "full",
         "metric": "accuracy",
     },
@@ -87,8 +96,8 @@ def cell_config(suite: str, base: str, out: Path, source: str, target: str, colu
         cell = [
             f"data.source=data/amazon-reviews/{source}.jsonl",
             f"data.target=data/amazon-reviews/{target}.jsonl",
-            f"method.name={column}",
         ]
+        cell += AMAZON_SETTINGS.get(column, [f"method.name={column}"])
     else:
         if column not in NER_SETTINGS:
             raise ValueError(f"CrossNER column {column!r}: use one of {', '.join(NER_SETTINGS)}")
@@ -103,8 +112,10 @@ def run_cell(cfg, force: bool) -> dict:
     from finetune.train import run
 
     ckpt = cfg.job_dir / "checkpoint"
-    if not force and (ckpt / "metrics.json").is_file() and manifest.read(ckpt)["config"] == cfg.to_dict():
-        return {**json.loads((ckpt / "metrics.json").read_text()), "reused": True}
+    if not force and (ckpt / "metrics.json").is_file():
+        recorded, wanted = manifest.read(ckpt)["config"], cfg.to_dict()
+        if all(recorded.get(k) == wanted[k] for k in FINETUNE_SECTIONS):
+            return {**json.loads((ckpt / "metrics.json").read_text()), "reused": True}
     run(cfg, overwrite=True)
     shutil.rmtree(cfg.job_dir / "run", ignore_errors=True)  # resumable Trainer states: GBs, not needed now
     return {**json.loads((ckpt / "metrics.json").read_text()), "reused": False}
@@ -173,7 +184,8 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--methods",
-        help=f"columns, comma-separated (amazon: method.name values; crossner: {', '.join(NER_SETTINGS)}); default all",
+        help="columns, comma-separated (amazon: method.name values or "
+        f"{', '.join(AMAZON_SETTINGS)}; crossner: {', '.join(NER_SETTINGS)}); default all",
     )
     parser.add_argument("--out", help="default artifacts/adapt-matrix (amazon), artifacts/adapt-matrix-crossner")
     parser.add_argument("--force", action="store_true", help="rerun cells that already finished")

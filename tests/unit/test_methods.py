@@ -158,7 +158,7 @@ def test_the_adapt_matrix_runs_a_one_pair_slice_and_resumes(tmp_path, tiny_model
         "--pairs",
         "books:kitchen",
         "--methods",
-        "full,dann",
+        "full,dann,few-shot-200",
         "--out",
         str(tmp_path),
         f"model.path={tiny_model_dir}",
@@ -169,15 +169,21 @@ def test_the_adapt_matrix_runs_a_one_pair_slice_and_resumes(tmp_path, tiny_model
     ]
     assert adapt_matrix.main(argv) == 0
     report = json.loads((tmp_path / "results.json").read_text())
-    assert report["pairs"] == ["books:kitchen"] and report["methods"] == ["full", "dann"]
+    assert report["pairs"] == ["books:kitchen"] and report["methods"] == ["full", "dann", "few-shot-200"]
     cell = report["cells"]["books:kitchen"]["dann"]
     assert 0 <= cell["score"] == cell["target_test"]["accuracy"] <= 1 and cell["reused"] is False
     assert report["gain_over_baseline"]["dann"] == report["mean"]["dann"] - report["mean"]["full"]
     assert "| books → kitchen |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "runs/books-to-kitchen-dann/run").exists(), "the Trainer states are removed"
-    assert adapt_matrix.main(argv) == 0  # finished cells are reused, not retrained
-    assert json.loads((tmp_path / "results.json").read_text())["cells"]["books:kitchen"]["dann"]["reused"] is True
+    few = json.loads((tmp_path / "runs/books-to-kitchen-few-shot-200/checkpoint/manifest.json").read_text())["config"]
+    assert few["method"]["name"] == "full" and few["data"]["target_labelled"] == 200
+    # Finished cells are reused, not retrained, also when only settings after fine-tuning (export) changed.
+    assert adapt_matrix.main([*argv, "export.prune_layers=1"]) == 0
+    cells = json.loads((tmp_path / "results.json").read_text())["cells"]["books:kitchen"]
+    assert all(cell["reused"] for cell in cells.values())
+    assert adapt_matrix.main([*argv, "train.learning_rate=1e-4", "--methods", "full"]) == 0
+    assert json.loads((tmp_path / "results.json").read_text())["cells"]["books:kitchen"]["full"]["reused"] is False
     assert adapt_matrix.main(["--pairs", "books:books"]) == 2
     assert "two different domains" in capsys.readouterr().err
 
