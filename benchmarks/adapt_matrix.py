@@ -3,6 +3,7 @@
 python -m benchmarks.adapt_matrix                                    # = make adapt-matrix (Amazon reviews)
 python -m benchmarks.adapt_matrix --pairs books:kitchen,dvd:electronics --methods full,dann train.epochs=1
 python -m benchmarks.adapt_matrix --suite crossner                   # = make adapt-matrix SUITE=crossner
+python -m benchmarks.adapt_matrix --seeds 42,43                      # every cell twice; cells show the mean
 
 Two suites:
 - amazon: rows = source:target review domains, columns = method.name values, cells = target-test accuracy.
@@ -14,9 +15,12 @@ Two suites:
   `direct` fine-tunes on the target sentences alone (the baseline), `pretrain` trains on CoNLL-2003 first,
   `pretrain+dapt` runs masked-LM training on the target's unlabeled text before both. The CoNLL pre-training
   without DAPT is the same for every domain: it runs once and the others reuse it (finetune's pretrain-cache).
-Finished cells are reused when their recorded fine-tuning config (data, model, method, pretrain, train) equals
-the one asked for (--force reruns them), so an interrupted matrix resumes. Writes <out>/results.json,
-results.md and heatmap.png; runs go to <out>/runs/.
+One test set of 400 reviews gives a single run a standard error of ~2 points, about the size of the gains,
+so --seeds runs every cell once per training seed (train.seed: head initialisation, batch order; the data splits
+stay the same): a cell is the mean over seeds, and the table counts the (pair, seed) runs that beat the baseline
+run with the same seed. Finished cells are reused when their recorded fine-tuning config (data, model, method,
+pretrain, train) equals the one asked for (--force reruns them), so an interrupted matrix resumes.
+Writes <out>/results.json, results.md and heatmap.png; runs go to <out>/runs/<pair>-<column>-seed<seed>/.
 """
 
 from __future__ import annotations
@@ -89,7 +93,16 @@ def parse_ner_domains(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def cell_config(suite: str, base: str, out: Path, source: str, target: str, column: str, overrides: list[str]):
+def parse_seeds(text: str) -> list[int]:
+    try:
+        return sorted({int(x) for x in text.split(",")})
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: use comma-separated integers, e.g. 42,43") from None
+
+
+def cell_config(
+    suite: str, base: str, out: Path, source: str, target: str, column: str, seed: int | None, overrides: list[str]
+):
     from domainlift.config import load_config
 
     if suite == "amazon":
@@ -102,8 +115,11 @@ def cell_config(suite: str, base: str, out: Path, source: str, target: str, colu
         if column not in NER_SETTINGS:
             raise ValueError(f"CrossNER column {column!r}: use one of {', '.join(NER_SETTINGS)}")
         cell = [f"data.source=data/crossner/{target}", f"data.target=data/crossner/{target}", *NER_SETTINGS[column]]
-    job = f"{source}-to-{target}-{column.replace('+', '-')}"
-    return load_config(base, [f"job={job}", f"output_dir={out / 'runs'}", *cell, *overrides])
+    cfg = load_config(
+        base, [f"output_dir={out / 'runs'}", *cell, *overrides, *([f"train.seed={seed}"] if seed is not None else [])]
+    )
+    cfg.job = f"{source}-to-{target}-{column.replace('+', '-')}-seed{cfg.train.seed}"
+    return cfg
 
 
 def run_cell(cfg, force: bool) -> dict:
@@ -123,24 +139,41 @@ def run_cell(cfg, force: bool) -> dict:
 
 def summarise(cells: dict, pairs: list[str], methods: list[str], baseline: str) -> dict:
     means = {m: sum(cells[p][m]["score"] for p in pairs) / len(pairs) for m in methods}
-    gains = {m: means[m] - means[baseline] for m in methods} if baseline in methods else {}
-    return {"mean": means, "gain_over_baseline": gains}
+    if baseline not in methods:
+        return {"mean": means, "gain_over_baseline": {}, "runs_above_baseline": {}}
+    gains = {m: means[m] - means[baseline] for m in methods}
+    # Paired: each run against the baseline's run on the same pair with the same seed.
+    above = {
+        m: sum(r["score"] > b["score"] for p in pairs for r, b in zip(cells[p][m]["runs"], cells[p][baseline]["runs"]))
+        for m in methods
+    }
+    return {"mean": means, "gain_over_baseline": gains, "runs_above_baseline": above}
 
 
 def markdown(report: dict) -> str:
     pairs, methods, cells, baseline = report["pairs"], report["methods"], report["cells"], report["baseline"]
+    seeds = report["seeds"]
+
+    def cell(c: dict) -> str:  # the mean, then each seed's score when there are several
+        runs = " / ".join(f"{r['score']:.4f}" for r in c["runs"])
+        return f"{c['score']:.4f}" + (f" ({runs})" if len(seeds) > 1 else "")
+
     lines = [
         "| pair | " + " | ".join(f"{m} (baseline)" if m == baseline else m for m in methods) + " |",
         "|---|" + "---|" * len(methods),
     ]
     for p in pairs:
-        lines.append(
-            f"| {p.replace(':', ' → ')} | " + " | ".join(f"{cells[p][m]['score']:.4f}" for m in methods) + " |"
-        )
+        lines.append(f"| {p.replace(':', ' → ')} | " + " | ".join(cell(cells[p][m]) for m in methods) + " |")
     lines.append("| **mean** | " + " | ".join(f"**{report['mean'][m]:.4f}**" for m in methods) + " |")
     if report["gain_over_baseline"]:
         gains = report["gain_over_baseline"]
         lines.append("| gain (points) | " + " | ".join(f"{100 * gains[m]:+.2f}" for m in methods) + " |")
+        above, runs = report["runs_above_baseline"], len(pairs) * len(seeds)
+        lines.append(
+            "| runs above baseline | "
+            + " | ".join("" if m == baseline else f"{above[m]} of {runs}" for m in methods)
+            + " |"
+        )
     lines.append(
         "| train time, s (mean) | "
         + " | ".join(f"{sum(cells[p][m]['train_runtime_s'] for p in pairs) / len(pairs):.0f}" for m in methods)
@@ -187,6 +220,7 @@ def main(argv=None) -> int:
         help="columns, comma-separated (amazon: method.name values or "
         f"{', '.join(AMAZON_SETTINGS)}; crossner: {', '.join(NER_SETTINGS)}); default all",
     )
+    parser.add_argument("--seeds", help="training seeds, comma-separated (default: the config's train.seed)")
     parser.add_argument("--out", help="default artifacts/adapt-matrix (amazon), artifacts/adapt-matrix-crossner")
     parser.add_argument("--force", action="store_true", help="rerun cells that already finished")
     args = parser.parse_args(argv)
@@ -202,39 +236,48 @@ def main(argv=None) -> int:
     out = Path(args.out or suite["out"])
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else suite["columns"]
     try:
+        seeds = parse_seeds(args.seeds) if args.seeds else [None]
         if args.suite == "amazon":
             pairs = parse_pairs(args.pairs or ",".join(ALL_PAIRS if torch.cuda.is_available() else CPU_PAIRS))
         else:
             pairs = parse_ner_domains(args.pairs or ",".join(NER_DOMAINS))
         configs = {
-            (f"{s}:{t}", m): cell_config(args.suite, base, out, s, t, m, args.overrides)
+            (f"{s}:{t}", m, seed): cell_config(args.suite, base, out, s, t, m, seed, args.overrides)
             for s, t in pairs
             for m in methods
+            for seed in seeds
         }
     except (ValueError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    cells: dict = {f"{s}:{t}": {} for s, t in pairs}
+    cells: dict = {f"{s}:{t}": {m: {"runs": []} for m in methods} for s, t in pairs}
     t0 = time.perf_counter()
-    for (pair, method), cfg in tqdm(configs.items(), desc="adapt-matrix", unit="run"):
+    for (pair, method, _), cfg in tqdm(configs.items(), desc="adapt-matrix", unit="run"):
         try:
             metrics = run_cell(cfg, args.force)
         except (ConfigError, DataError) as e:
             print(f"error: {pair} {method}: {e}", file=sys.stderr)
             return 2
-        cells[pair][method] = {
-            "score": metrics["target_test"][suite["metric"]],
-            "target_test": {k: v for k, v in metrics["target_test"].items() if k != "per_type"},
-            "train_runtime_s": metrics["train_runtime_s"],
-            "reused": metrics["reused"],
-            "checkpoint": str(cfg.job_dir / "checkpoint"),
-        }
+        cells[pair][method]["runs"].append(
+            {
+                "seed": cfg.train.seed,
+                "score": metrics["target_test"][suite["metric"]],
+                "target_test": {k: v for k, v in metrics["target_test"].items() if k != "per_type"},
+                "train_runtime_s": metrics["train_runtime_s"],
+                "reused": metrics["reused"],
+                "checkpoint": str(cfg.job_dir / "checkpoint"),
+            }
+        )
+    for cell in (c for row in cells.values() for c in row.values()):
+        cell["score"] = sum(r["score"] for r in cell["runs"]) / len(cell["runs"])
+        cell["train_runtime_s"] = sum(r["train_runtime_s"] for r in cell["runs"]) / len(cell["runs"])
     report = {
         "suite": args.suite,
         "metric": suite["metric"],
         "baseline": suite["baseline"],
         "pairs": list(cells),
         "methods": methods,
+        "seeds": sorted({cfg.train.seed for cfg in configs.values()}),
         "config": base,
         "overrides": args.overrides,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
