@@ -38,8 +38,9 @@ loadtest:  # Locust, headless and bounded (the job's loadtest: section), against
 bench-serve:  # the same Locust profile against (a) this service, (b) it without batching, (c) a naive pipeline service
 	$(PYTHON) -m benchmarks.bench_serve --config $(CONFIG) $(ARGS)
 
-adapt-matrix:  # methods x domain pairs vs the baseline; PAIRS=books:kitchen,dvd:electronics; SUITE=crossner for NER
-	$(PYTHON) -m benchmarks.adapt_matrix $(if $(SUITE),--suite $(SUITE)) $(if $(PAIRS),--pairs $(PAIRS)) $(ARGS)
+adapt-matrix:  # methods x domain pairs vs the baseline; PAIRS=books:kitchen,dvd:electronics; SEEDS=42,43; SUITE=crossner
+	$(PYTHON) -m benchmarks.adapt_matrix $(if $(SUITE),--suite $(SUITE)) $(if $(PAIRS),--pairs $(PAIRS)) \
+		$(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)
 
 test:
 	$(PYTHON) -m pytest -q tests
