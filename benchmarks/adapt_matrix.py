@@ -200,7 +200,8 @@ def heatmap(report: dict, path: Path) -> None:
             ax.text(j, i, f"{score[i, j]:.3f}", ha="center", va="center", color="w", fontsize=8)
     ax.set_xticks(range(len(methods)), [f"{m}\n(baseline)" if m == report["baseline"] else m for m in methods])
     ax.set_yticks(range(len(pairs) + 1), [p.replace(":", " → ") for p in pairs] + ["mean"])
-    ax.set_title(f"target-test {report['metric']}")
+    seeds = report["seeds"]
+    ax.set_title(f"target-test {report['metric']}" + (f", mean of seeds {seeds}" if len(seeds) > 1 else ""))
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
