@@ -30,6 +30,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from statistics import fmean
 
 from domainlift.cli import job_parser, stay_offline
 
@@ -138,7 +139,7 @@ def run_cell(cfg, force: bool) -> dict:
 
 
 def summarise(cells: dict, pairs: list[str], methods: list[str], baseline: str) -> dict:
-    means = {m: sum(cells[p][m]["score"] for p in pairs) / len(pairs) for m in methods}
+    means = {m: fmean(cells[p][m]["score"] for p in pairs) for m in methods}
     if baseline not in methods:
         return {"mean": means, "gain_over_baseline": {}, "runs_above_baseline": {}}
     gains = {m: means[m] - means[baseline] for m in methods}
@@ -176,7 +177,7 @@ def markdown(report: dict) -> str:
         )
     lines.append(
         "| train time, s (mean) | "
-        + " | ".join(f"{sum(cells[p][m]['train_runtime_s'] for p in pairs) / len(pairs):.0f}" for m in methods)
+        + " | ".join(f"{fmean(cells[p][m]['train_runtime_s'] for p in pairs):.0f}" for m in methods)
         + " |"
     )
     return "\n".join(lines)
@@ -270,8 +271,8 @@ def main(argv=None) -> int:
             }
         )
     for cell in (c for row in cells.values() for c in row.values()):
-        cell["score"] = sum(r["score"] for r in cell["runs"]) / len(cell["runs"])
-        cell["train_runtime_s"] = sum(r["train_runtime_s"] for r in cell["runs"]) / len(cell["runs"])
+        cell["score"] = fmean(r["score"] for r in cell["runs"])
+        cell["train_runtime_s"] = fmean(r["train_runtime_s"] for r in cell["runs"])
     report = {
         "suite": args.suite,
         "metric": suite["metric"],

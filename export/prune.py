@@ -123,7 +123,7 @@ class DistillTrainer(Trainer):
     layer, at real tokens (TinyBERT's intermediate-layer loss; pruning keeps the hidden size, and
     each student layer lines up with the teacher layer it came from)."""
 
-    def __init__(self, *args, teacher=None, temperature=2.0, hidden_weight=0.0, kept_layers=None, **kwargs):
+    def __init__(self, *args, teacher, kept_layers, temperature=2.0, hidden_weight=0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.teacher = teacher.eval()
         self.temperature = temperature
@@ -143,8 +143,7 @@ class DistillTrainer(Trainer):
         loss = 0.5 * out.loss + 0.5 * self.temperature**2 * kl
         if hidden:
             real = inputs["attention_mask"].bool()
-            kept = self.kept_layers or range(len(out.hidden_states) - 1)
-            teacher_states = [t_out.hidden_states[i + 1] for i in kept]
+            teacher_states = [t_out.hidden_states[i + 1] for i in self.kept_layers]
             mse = [F.mse_loss(hs[real], ht[real]) for hs, ht in zip(out.hidden_states[1:], teacher_states)]
             loss = loss + self.hidden_weight * torch.stack(mse).mean()
         return (loss, out) if return_outputs else loss
@@ -159,8 +158,8 @@ def recover(
     out_dir: Path,
     epochs: float,
     distill: bool,
+    kept_layers: list[int],
     hidden_weight: float = 0.0,
-    kept_layers: list[int] | None = None,
     lr: float = 5e-5,
     batch_size: int = 16,
     seed: int = 42,

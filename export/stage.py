@@ -273,9 +273,10 @@ class Exporter:
 
     def run(self, names: list[str]) -> dict:
         variants = [parse_variant(n, self.cfg) for n in names]  # every name checked before any work
-        if any(v.prune_pct for v in variants) and self.cfg.export.prune_layers >= self.num_layers:
+        prune_layers = self.cfg.export.prune_layers
+        if prune_layers and any(v.prune_pct for v in variants) and prune_layers >= self.num_layers:
             raise ConfigError(
-                f"export.prune_layers is {self.cfg.export.prune_layers} but the model has {self.num_layers} layers; "
+                f"export.prune_layers is {prune_layers} but the model has {self.num_layers} layers; "
                 f"remove at most {self.num_layers - 1}"
             )
         if any(v.base and v.base.startswith("onnx") for v in variants):
