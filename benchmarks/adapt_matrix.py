@@ -32,9 +32,10 @@ import time
 from pathlib import Path
 from statistics import fmean
 
-from domainlift.cli import job_parser, stay_offline
-
-stay_offline()
+from domainlift import cli, manifest
+from domainlift.config import load_config
+from domainlift.errors import ConfigError, DomainliftError
+from finetune.recipe import run
 
 DOMAINS = ("books", "dvd", "electronics", "kitchen")
 ALL_PAIRS = [f"{s}:{t}" for s in DOMAINS for t in DOMAINS if s != t]
@@ -79,7 +80,7 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
     for item in text.split(","):
         source, _, target = item.strip().partition(":")
         if source not in DOMAINS or target not in DOMAINS or source == target:
-            raise ValueError(f"pair {item!r}: use source:target with two different domains of {', '.join(DOMAINS)}")
+            raise ConfigError(f"pair {item!r}: use source:target with two different domains of {', '.join(DOMAINS)}")
         pairs.append((source, target))
     return pairs
 
@@ -89,7 +90,7 @@ def parse_ner_domains(text: str) -> list[tuple[str, str]]:
     for item in text.split(","):
         target = item.strip().removeprefix("conll2003:")
         if target not in NER_DOMAINS:
-            raise ValueError(f"CrossNER domain {item!r}: use one of {', '.join(NER_DOMAINS)}")
+            raise ConfigError(f"CrossNER domain {item!r}: use one of {', '.join(NER_DOMAINS)}")
         pairs.append(("conll2003", target))
     return pairs
 
@@ -98,14 +99,12 @@ def parse_seeds(text: str) -> list[int]:
     try:
         return sorted({int(x) for x in text.split(",")})
     except ValueError:
-        raise ValueError(f"--seeds {text!r}: use comma-separated integers, e.g. 42,43") from None
+        raise ConfigError(f"--seeds {text!r}: use comma-separated integers, e.g. 42,43") from None
 
 
 def cell_config(
     suite: str, base: str, out: Path, source: str, target: str, column: str, seed: int | None, overrides: list[str]
 ):
-    from domainlift.config import load_config
-
     if suite == "amazon":
         cell = [
             f"data.source=data/amazon-reviews/{source}.jsonl",
@@ -114,7 +113,7 @@ def cell_config(
         cell += AMAZON_SETTINGS.get(column, [f"method.name={column}"])
     else:
         if column not in NER_SETTINGS:
-            raise ValueError(f"CrossNER column {column!r}: use one of {', '.join(NER_SETTINGS)}")
+            raise ConfigError(f"CrossNER column {column!r}: use one of {', '.join(NER_SETTINGS)}")
         cell = [f"data.source=data/crossner/{target}", f"data.target=data/crossner/{target}", *NER_SETTINGS[column]]
     cfg = load_config(
         base, [f"output_dir={out / 'runs'}", *cell, *overrides, *([f"train.seed={seed}"] if seed is not None else [])]
@@ -125,9 +124,6 @@ def cell_config(
 
 def run_cell(cfg, force: bool) -> dict:
     """Fine-tune one cell (or reuse its finished checkpoint) and return its target-test metrics."""
-    from domainlift import manifest
-    from finetune.train import run
-
     ckpt = cfg.job_dir / "checkpoint"
     if not force and (ckpt / "metrics.json").is_file():
         recorded, wanted = manifest.read(ckpt)["config"], cfg.to_dict()
@@ -209,8 +205,9 @@ def heatmap(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+@cli.entry
 def main(argv=None) -> int:
-    parser = job_parser("python -m benchmarks.adapt_matrix", __doc__, config_required=False)
+    parser = cli.job_parser("python -m benchmarks.adapt_matrix", __doc__, config_required=False)
     parser.add_argument("--suite", choices=list(SUITES), default="amazon")
     parser.add_argument(
         "--pairs",
@@ -230,36 +227,28 @@ def main(argv=None) -> int:
     import torch
     from tqdm import tqdm
 
-    from domainlift.config import ConfigError
-    from finetune.data import DataError
-
     suite = SUITES[args.suite]
     base = args.config or suite["config"]
     out = Path(args.out or suite["out"])
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else suite["columns"]
-    try:
-        seeds = parse_seeds(args.seeds) if args.seeds else [None]
-        if args.suite == "amazon":
-            pairs = parse_pairs(args.pairs or ",".join(ALL_PAIRS if torch.cuda.is_available() else CPU_PAIRS))
-        else:
-            pairs = parse_ner_domains(args.pairs or ",".join(NER_DOMAINS))
-        configs = {
-            (f"{s}:{t}", m, seed): cell_config(args.suite, base, out, s, t, m, seed, args.overrides)
-            for s, t in pairs
-            for m in methods
-            for seed in seeds
-        }
-    except (ValueError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    seeds = parse_seeds(args.seeds) if args.seeds else [None]
+    if args.suite == "amazon":
+        pairs = parse_pairs(args.pairs or ",".join(ALL_PAIRS if torch.cuda.is_available() else CPU_PAIRS))
+    else:
+        pairs = parse_ner_domains(args.pairs or ",".join(NER_DOMAINS))
+    configs = {
+        (f"{s}:{t}", m, seed): cell_config(args.suite, base, out, s, t, m, seed, args.overrides)
+        for s, t in pairs
+        for m in methods
+        for seed in seeds
+    }
     cells: dict = {f"{s}:{t}": {m: {"runs": []} for m in methods} for s, t in pairs}
     t0 = time.perf_counter()
     for (pair, method, _), cfg in tqdm(configs.items(), desc="adapt-matrix", unit="run"):
         try:
             metrics = run_cell(cfg, args.force)
-        except (ConfigError, DataError) as e:
-            print(f"error: {pair} {method}: {e}", file=sys.stderr)
-            return 2
+        except DomainliftError as e:  # which cell, then what is wrong
+            raise type(e)(f"{pair} {method}: {e}") from e
         cells[pair][method]["runs"].append(
             {
                 "seed": cfg.train.seed,

@@ -17,9 +17,8 @@ import urllib.request
 
 from benchmarks.loadtest import ROOT, prepare, run_locust
 from benchmarks.server import running_server
-from domainlift.cli import job_parser, stay_offline
-
-stay_offline()
+from domainlift import cli
+from domainlift.errors import ServiceError
 
 SERVICES = {
     "a": "domainlift, adaptive batching",
@@ -67,18 +66,11 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+@cli.entry
 def main(argv=None) -> int:
-    parser = job_parser("python -m benchmarks.bench_serve", __doc__)
+    parser = cli.job_parser("python -m benchmarks.bench_serve", __doc__)
     args = parser.parse_args(argv)
-
-    from domainlift.config import ConfigError
-    from finetune.data import DataError
-
-    try:
-        cfg, out, texts_file = prepare(args)
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg, out, texts_file = prepare(args)
     results = {}
     for key, command in commands(args, cfg).items():
         print(f"({key}) {SERVICES[key]}: {cfg.loadtest.users} users for {cfg.loadtest.run_time_s}s", flush=True)
@@ -87,9 +79,8 @@ def main(argv=None) -> int:
                 results[key] = run_locust(url, cfg, texts_file, out, name=f"bench-serve-{key}")
                 if key != "c":
                     results[key]["variant"] = served_variant(url)
-        except RuntimeError as e:  # a service did not start (e.g. nothing exported yet): its log says why
-            print(f"error: ({key}) {e}", file=sys.stderr)
-            return 2
+        except ServiceError as e:  # a service did not start (e.g. nothing exported yet): its log says why
+            raise ServiceError(f"({key}) {e}") from e
     report = table(results)
     (out / "bench-serve.json").write_text(json.dumps({"services": SERVICES, "results": results}, indent=2) + "\n")
     (out / "bench-serve.md").write_text(f"# bench-serve: {cfg.job}\n\n{report}\n")

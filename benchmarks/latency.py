@@ -33,9 +33,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.loadtest import target_texts
-from domainlift.cli import job_parser, stay_offline
-
-stay_offline()
+from domainlift import cli, manifest
+from domainlift.config import default_model_path, load_config
+from domainlift.errors import ConfigError
+from domainlift.runtime import OnnxRunner, TorchRunner, pad_batch, runtime_of
+from export.build import bitsandbytes_weights
 
 ARCHS = {  # --random-weights: BERT-family shapes (hidden, layers, heads, FFN)
     "minilm": {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536},
@@ -78,8 +80,6 @@ def cuda_devices() -> tuple[bool, bool]:
 
 def subjects_for(job_dir: Path, torch_cuda: bool, ort_cuda: bool) -> tuple[list[Subject], list[str]]:
     """What to time here, and a line for each thing that cannot be timed here and why."""
-    from domainlift import manifest
-
     checkpoint = job_dir / "checkpoint"
     quality = manifest.read(checkpoint)["quality"]
     metric = quality["main_metric"]
@@ -108,8 +108,7 @@ def subjects_for(job_dir: Path, torch_cuda: bool, ort_cuda: bool) -> tuple[list[
 def cells_for(texts: list[str], tokenizer, batch_sizes: list[int], lengths: list[int], max_length: int) -> dict:
     """{cell name: list of batches (dicts of int64 arrays)}. Natural cells cycle through the same first
     NATURAL_TEXTS test texts at every batch size (128 one at a time, 4 batches of 32, ...), so they compare."""
-    enc = tokenizer(texts, truncation=True, max_length=max_length)
-    ids = enc["input_ids"]
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     cells = {}
     for b in batch_sizes:
         batches = []
@@ -117,13 +116,7 @@ def cells_for(texts: list[str], tokenizer, batch_sizes: list[int], lengths: list
             rows = ids[start : start + b]
             if len(rows) < b:  # fewer test texts than the batch size: repeat them
                 rows = (rows * (b // max(len(rows), 1) + 1))[:b]
-            width = max(len(r) for r in rows)
-            input_ids = np.full((b, width), tokenizer.pad_token_id, dtype=np.int64)
-            mask = np.zeros((b, width), dtype=np.int64)
-            for i, r in enumerate(rows):
-                input_ids[i, : len(r)] = r
-                mask[i, : len(r)] = 1
-            batches.append({"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(mask)})
+            batches.append(pad_batch([{"input_ids": r} for r in rows], tokenizer.pad_token_id))
             if len(batches) * b >= NATURAL_TEXTS:
                 break
         cells[f"{NATURAL} b{b}"] = batches
@@ -139,8 +132,6 @@ def cells_for(texts: list[str], tokenizer, batch_sizes: list[int], lengths: list
 def measure(subject: Subject, cells: dict, bench: dict) -> dict:
     """In a fresh process: load the subject, time every cell, report its own peak memory."""
     import torch
-
-    from domainlift.runtime import OnnxRunner, TorchRunner, runtime_of
 
     threads = bench["threads"]
     if runtime_of(Path(subject.path)) == "onnxruntime":
@@ -185,8 +176,6 @@ def random_checkpoint(arch: str, task: str, out: Path) -> Path:
     """A randomly initialised model of the architecture with MiniLM's tokenizer, saved like a checkpoint."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertForTokenClassification
 
-    from domainlift.config import default_model_path
-
     tok = AutoTokenizer.from_pretrained(default_model_path())
     config = BertConfig(vocab_size=tok.vocab_size, num_labels=2, **ARCHS[arch])
     cls = BertForSequenceClassification if task == "text-classification" else BertForTokenClassification
@@ -201,7 +190,6 @@ def random_bitsandbytes_variants(checkpoint: Path, task: str) -> tuple[list[Subj
         import bitsandbytes  # noqa: F401
     except ImportError:
         return [], ["torch-int8, torch-nf4 [cuda]: bitsandbytes is not installed"]
-    from export.build import bitsandbytes_weights
 
     out = []
     for name, bits in (("torch-int8", 8), ("torch-nf4", 4)):
@@ -276,8 +264,9 @@ def plot(report: dict, out: Path) -> list[str]:
     return files
 
 
+@cli.entry
 def main(argv=None) -> int:
-    parser = job_parser("python -m benchmarks.latency", __doc__, config_required=False)  # not with --random-weights
+    parser = cli.job_parser("python -m benchmarks.latency", __doc__, config_required=False)  # not with --random-weights
     parser.add_argument("--random-weights", action="store_true", help="time an architecture without a checkpoint")
     parser.add_argument("--arch", choices=sorted(ARCHS), default="minilm")
     parser.add_argument(
@@ -288,33 +277,25 @@ def main(argv=None) -> int:
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    from domainlift import manifest
-    from domainlift.config import ConfigError, load_config
-    from finetune.data import DataError
-
     torch_cuda, ort_cuda = cuda_devices()
-    try:
-        if args.random_weights:
-            defaults = [] if args.config else [f"job=random-{args.arch}"]
-            cfg = load_config(args.config, defaults + args.overrides)
-            scratch = Path(tempfile.mkdtemp(prefix="domainlift-random-"))
-            checkpoint = random_checkpoint(args.arch, args.task, scratch / "checkpoint")
-            subjects = [Subject("original", "cpu", str(checkpoint))]
-            skipped = [] if torch_cuda else ["original [cuda]: no CUDA GPU here"]
-            if torch_cuda:
-                bnb, skipped = random_bitsandbytes_variants(checkpoint, args.task)
-                subjects += gpu_originals(str(checkpoint), None) + bnb
-        else:
-            if not args.config:
-                raise ConfigError("--config is required (or --random-weights --arch minilm|bert-base)")
-            cfg = load_config(args.config, args.overrides)
-            checkpoint = cfg.job_dir / "checkpoint"
-            manifest.verify(checkpoint)
-            subjects, skipped = subjects_for(cfg.job_dir, torch_cuda, ort_cuda)
-        texts = target_texts(cfg)
-    except (ConfigError, DataError, manifest.ManifestError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.random_weights:
+        defaults = [] if args.config else [f"job=random-{args.arch}"]
+        cfg = load_config(args.config, defaults + args.overrides)
+        scratch = Path(tempfile.mkdtemp(prefix="domainlift-random-"))
+        checkpoint = random_checkpoint(args.arch, args.task, scratch / "checkpoint")
+        subjects = [Subject("original", "cpu", str(checkpoint))]
+        skipped = [] if torch_cuda else ["original [cuda]: no CUDA GPU here"]
+        if torch_cuda:
+            bnb, skipped = random_bitsandbytes_variants(checkpoint, args.task)
+            subjects += gpu_originals(str(checkpoint), None) + bnb
+    else:
+        if not args.config:
+            raise ConfigError("--config is required (or --random-weights --arch minilm|bert-base)")
+        cfg = load_config(args.config, args.overrides)
+        checkpoint = cfg.job_dir / "checkpoint"
+        manifest.verify(checkpoint)
+        subjects, skipped = subjects_for(cfg.job_dir, torch_cuda, ort_cuda)
+    texts = target_texts(cfg)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     b = cfg.bench
     cells = cells_for(texts, tokenizer, list(b.batch_sizes), list(b.fixed_lengths), cfg.model.max_length)

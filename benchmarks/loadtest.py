@@ -16,25 +16,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-from domainlift.cli import job_parser, stay_offline
+from benchmarks.server import running_server
+from domainlift import cli, tasks
+from domainlift.config import load_config
+from domainlift.data import build_splits
 
-stay_offline()
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "benchmarks" / "locustfile.py"
 
 
 def target_texts(cfg) -> list[str]:
     """The target domain's test texts, as a client would send them (NER sentences joined back into text)."""
-    from finetune.data import build_splits
-
-    test = build_splits(cfg.data).test
-    return [row["text"] if "text" in row else " ".join(row["tokens"]) for row in test]
+    return tasks.texts_of(build_splits(cfg.data).test)
 
 
 def prepare(args):
     """The job config, its reports directory, and the target test texts written where the locustfile reads them."""
-    from domainlift.config import load_config
-
     cfg = load_config(args.config, args.overrides)
     texts = target_texts(cfg)
     out = cfg.job_dir / "reports"
@@ -50,7 +47,7 @@ def run_locust(url: str, cfg, texts_file: Path, out: Path, name: str = "loadtest
     count_file = out / f"{name}_texts.json"
     env = {
         "DOMAINLIFT_TEXTS": str(texts_file),
-        "DOMAINLIFT_ROUTE": "/classify" if cfg.data.task == "text-classification" else "/extract_entities",
+        "DOMAINLIFT_ROUTE": tasks.ROUTE[cfg.data.task],
         "DOMAINLIFT_MIN_TEXTS": str(lt.min_texts),
         "DOMAINLIFT_MAX_TEXTS": str(lt.max_texts),
         "DOMAINLIFT_TEXT_COUNT": str(count_file),
@@ -80,30 +77,18 @@ def run_locust(url: str, cfg, texts_file: Path, out: Path, name: str = "loadtest
     }
 
 
+@cli.entry
 def main(argv=None) -> int:
-    parser = job_parser("python -m benchmarks.loadtest", __doc__)
+    parser = cli.job_parser("python -m benchmarks.loadtest", __doc__)
     parser.add_argument("--url", help="a running service (default: start `python -m serve` on a free port)")
     args = parser.parse_args(argv)
-
-    from benchmarks.server import running_server
-    from domainlift.config import ConfigError
-    from finetune.data import DataError
-
-    try:
-        cfg, out, texts_file = prepare(args)
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        if args.url:
-            summary = run_locust(args.url, cfg, texts_file, out)
-        else:
-            serve = [sys.executable, "-m", "serve", "--config", args.config, *args.overrides]
-            with running_server(serve, cwd=ROOT, log_dir=out) as url:
-                summary = run_locust(url, cfg, texts_file, out)
-    except RuntimeError as e:  # the service did not start (e.g. nothing exported yet): its log says why
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg, out, texts_file = prepare(args)
+    if args.url:
+        summary = run_locust(args.url, cfg, texts_file, out)
+    else:
+        serve = [sys.executable, "-m", "serve", "--config", args.config, *args.overrides]
+        with running_server(serve, cwd=ROOT, log_dir=out) as url:  # ServiceError (exit 2) when it does not start
+            summary = run_locust(url, cfg, texts_file, out)
     bound = cfg.loadtest.max_p99_ms
     summary["max_p99_ms"] = bound
     summary["passed"] = summary["failures"] == 0 and summary["requests"] > 0 and summary["p99_ms"] <= bound

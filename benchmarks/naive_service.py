@@ -7,14 +7,20 @@ python -m benchmarks.naive_service --checkpoint artifacts/sentiment-kitchen/chec
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from domainlift.cli import stay_offline
+import uvicorn
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from transformers import pipeline
 
-stay_offline()
+from domainlift import cli, tasks
 
 
-def main(argv=None) -> None:
+@cli.entry
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.naive_service", description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="a fine-tuned checkpoint directory")
     parser.add_argument("--port", type=int, default=3002)
@@ -22,15 +28,8 @@ def main(argv=None) -> None:
         "--max-length", type=int, default=256, help="tokens kept per text, as the job's model.max_length"
     )
     args = parser.parse_args(argv)
-
-    import uvicorn
-    from starlette.applications import Starlette
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-    from transformers import pipeline
-
     config = json.loads((Path(args.checkpoint) / "config.json").read_text())
-    task = "token-classification" if "TokenClassification" in config["architectures"][0] else "text-classification"
+    task = tasks.task_of(config["architectures"][0])
     model = pipeline(task, model=args.checkpoint, device=-1)  # PyTorch fp32 eager on the CPU
     if task == "text-classification":
         options = {"truncation": True, "max_length": args.max_length}
@@ -45,10 +44,10 @@ def main(argv=None) -> None:
     async def ready(_):
         return JSONResponse({"ready": True})
 
-    route = "/classify" if task == "text-classification" else "/extract_entities"
-    app = Starlette(routes=[Route(route, handle, methods=["POST"]), Route("/readyz", ready)])
+    app = Starlette(routes=[Route(tasks.ROUTE[task], handle, methods=["POST"]), Route("/readyz", ready)])
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,6 +16,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from domainlift.errors import ServiceError
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -52,13 +54,13 @@ def running_server(
             deadline = time.monotonic() + timeout
             while not is_ready(url):
                 if proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+                    raise ServiceError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"server not ready in {timeout:.0f}s:\n{log_path.read_text()[-3000:]}")
+                    raise ServiceError(f"server not ready in {timeout:.0f}s:\n{log_path.read_text()[-3000:]}")
                 time.sleep(0.5)
             yield url
             if proc.poll() is not None:
-                raise RuntimeError(f"server died while in use:\n{log_path.read_text()[-3000:]}")
+                raise ServiceError(f"server died while in use:\n{log_path.read_text()[-3000:]}")
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)

@@ -18,11 +18,7 @@ from typing import Literal, Union
 
 import yaml
 
-TASKS = ("text-classification", "token-classification")
-
-
-class ConfigError(ValueError):
-    """A config problem; the message names the key and the fix."""
+from domainlift.errors import ConfigError
 
 
 @dataclass

@@ -23,6 +23,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from domainlift.errors import ArtifactExistsError, ManifestError
+
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 _LIBRARIES = (
@@ -38,10 +40,6 @@ _LIBRARIES = (
     "bitsandbytes",
     "bentoml",
 )
-
-
-class ManifestError(RuntimeError):
-    """An artifact is missing, incomplete or does not match its manifest."""
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -146,7 +144,7 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `final`; on success it replaces `final` in one rename."""
     final = Path(final)
     if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} already exists; pass --overwrite to replace it")
+        raise ArtifactExistsError(f"{final} already exists; pass --overwrite to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:

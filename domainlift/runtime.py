@@ -15,13 +15,29 @@ from pathlib import Path
 
 import numpy as np
 
-from domainlift import manifest
+from domainlift import manifest, tasks
 
 ONNX_FILE = "model.onnx"
 
 
 def runtime_of(root: Path) -> str:
+    """Which runtime an artifact directory runs on: ONNX Runtime when it holds model.onnx, else PyTorch."""
     return "onnxruntime" if (Path(root) / ONNX_FILE).is_file() else "torch"
+
+
+def pad_batch(rows: list[dict], pad_id: int) -> dict[str, np.ndarray]:
+    """Token id lists -> one int64 batch of every model input, padded on the right to the batch's own longest row
+    (never to the model's maximum: padding short texts to a long one costs more than batching gains).
+    Each row has input_ids and optionally attention_mask / token_type_ids (default: ones / zeros)."""
+    width = max(len(r["input_ids"]) for r in rows)
+    batch = {name: np.zeros((len(rows), width), dtype=np.int64) for name in tasks.MODEL_INPUTS}
+    batch["input_ids"][:] = pad_id
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        batch["input_ids"][i, :n] = r["input_ids"]
+        batch["attention_mask"][i, :n] = r.get("attention_mask", 1)
+        batch["token_type_ids"][i, :n] = r.get("token_type_ids", 0)
+    return batch
 
 
 class OnnxRunner:
@@ -65,13 +81,12 @@ class TorchRunner:
         torch.compile, which on a GPU also records CUDA graphs (at small batches a BERT forward there is mostly
         kernel-launch overhead, which one graph replay removes). On the CPU it compiles without graphs."""
         import torch
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+        from transformers import AutoConfig
 
         if threads:
             torch.set_num_threads(threads)
         config = AutoConfig.from_pretrained(root)
-        arch = (config.architectures or [""])[0]
-        cls = AutoModelForTokenClassification if "TokenClassification" in arch else AutoModelForSequenceClassification
+        cls = tasks.model_class(tasks.task_of((config.architectures or [""])[0]))
         # bitsandbytes weights (torch-int8 / torch-nf4) only run on a CUDA GPU; plain weights run on the CPU.
         quantized = getattr(config, "quantization_config", None) is not None
         kwargs = {"device_map": {"": 0}} if quantized else {}
@@ -92,8 +107,7 @@ class TorchRunner:
         self.torch = torch
 
     def __call__(self, batch: dict) -> np.ndarray:
-        names = ("input_ids", "attention_mask", "token_type_ids")
-        arrays = {k: np.asarray(batch[k]) for k in names if k in batch}
+        arrays = {k: np.asarray(batch[k]) for k in tasks.MODEL_INPUTS if k in batch}
         width = arrays["input_ids"].shape[1]
         if self.bucket and width % self.bucket:
             extra = self.bucket - width % self.bucket

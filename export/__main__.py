@@ -2,36 +2,33 @@
 
 python -m export --config configs/sentiment-kitchen.yaml
 python -m export --config configs/sentiment-kitchen.yaml --variants onnx-int8-dynamic,onnx-int4 --force
+python -m export --list
 """
 
 import sys
 
-from domainlift.cli import job_parser, stay_offline
+from domainlift import cli
+from domainlift.config import load_config
+from export import variants
+from export.recipe import Exporter
 
-stay_offline()
 
-
+@cli.entry
 def main(argv=None) -> int:
-    parser = job_parser("python -m export", __doc__)
+    parser = cli.job_parser("python -m export", __doc__, config_required=False)
     parser.add_argument("--variants", help="comma-separated variant names (default: export.variants in the config)")
     parser.add_argument("--force", action="store_true", help="rebuild variants that are up to date")
+    parser.add_argument("--list", action="store_true", help="print the variant names and exit")
     args = parser.parse_args(argv)
-
-    from domainlift.config import ConfigError, load_config
-    from domainlift.manifest import ManifestError
-    from export.stage import Exporter
-    from finetune.data import DataError
-    from finetune.train import setup_logging
-
-    setup_logging()
-    try:
-        cfg = load_config(args.config, args.overrides)
-        names = args.variants.split(",") if args.variants else list(cfg.export.variants)
-        report = Exporter(cfg, force=args.force).run(names)
-    except (ConfigError, DataError, ManifestError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(open(cfg.job_dir / "export" / "report.md").read())
+    if args.list:
+        print(variants.valid_names())
+        return 0
+    if not args.config:
+        parser.error("--config is required")
+    cfg = load_config(args.config, args.overrides)
+    names = args.variants.split(",") if args.variants else list(cfg.export.variants)
+    report = Exporter(cfg, force=args.force).run(names)
+    print((cfg.job_dir / "export" / "report.md").read_text())
     return 0 if report["best"] else 1
 
 

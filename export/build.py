@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from domainlift.errors import ConfigError
 from domainlift.runtime import ONNX_FILE
+from domainlift.tasks import model_class
 
 log = logging.getLogger(__name__)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
@@ -32,8 +34,6 @@ def check_onnx_support(model_dir: Path, task: str) -> None:
     """Fail early, naming the architecture, when Optimum has no ONNX export for it."""
     import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the ONNX configs with TasksManager)
     from optimum.exporters.tasks import TasksManager
-
-    from domainlift.config import ConfigError
 
     model_type = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type", "?")
     try:
@@ -183,8 +183,6 @@ def bitsandbytes_weights(model_dir: Path, dst: Path, task: str, bits: int) -> No
     saved with their quantization state so they load again without re-quantizing (needs a CUDA GPU)."""
     import torch
     from transformers import BitsAndBytesConfig
-
-    from finetune.tasks import model_class
 
     if bits == 8:
         qcfg = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["classifier"])

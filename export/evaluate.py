@@ -1,4 +1,4 @@
-"""Verify a variant against its checkpoint on the same inputs: metric, ratio, agreement, max |Δlogit|, latency."""
+"""Verify a variant against its checkpoint on the same inputs (metric, ratio, agreement, max |Δlogit|), and time it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import time
 
 import numpy as np
 
-from finetune import tasks
+from domainlift import metrics
+from domainlift.runtime import pad_batch
+from domainlift.tasks import IGNORE, MODEL_INPUTS
 
 EVAL_BATCH = 32
 
@@ -15,15 +17,19 @@ EVAL_BATCH = 32
 def batches(enc, tokenizer, size: int = EVAL_BATCH) -> list[tuple[np.ndarray, dict]]:
     """Length-sorted batches padded to their own longest input: (original indices, numpy batch)."""
     order = np.argsort(enc["length"], kind="stable")
-    cols = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in enc.column_names]
+    cols = [c for c in MODEL_INPUTS if c in enc.column_names]
     out = []
     for start in range(0, len(order), size):
         idx = order[start : start + size]
         rows = enc.select(idx.tolist())
-        padded = tokenizer.pad({c: rows[c] for c in cols}, return_tensors="np")
-        if "token_type_ids" not in padded:
-            padded["token_type_ids"] = np.zeros_like(padded["input_ids"])
-        out.append((idx, dict(padded)))
+        out.append(
+            (
+                idx,
+                pad_batch(
+                    [dict(zip(cols, values)) for values in zip(*(rows[c] for c in cols))], tokenizer.pad_token_id
+                ),
+            )
+        )
     return out
 
 
@@ -48,18 +54,18 @@ def label_matrix(enc) -> np.ndarray:
     if not isinstance(labels[0], list):
         return np.asarray(labels)
     width = max(enc["length"])
-    out = np.full((len(labels), width), tasks.IGNORE)
+    out = np.full((len(labels), width), IGNORE)
     for i, row in enumerate(labels):
         out[i, : len(row)] = row
     return out
 
 
 def compare(task: str, labels: list[str], logits: np.ndarray, ref_logits: np.ndarray, gold: np.ndarray) -> dict:
-    metrics = tasks.metrics_fn(task, labels)((logits, gold))
-    mask = gold != tasks.IGNORE  # NER: only positions that carry a word's label
+    scores = metrics.metrics_fn(task, labels)((logits, gold))
+    mask = gold != IGNORE  # NER: only positions that carry a word's label
     pred, ref = logits.argmax(-1), ref_logits.argmax(-1)
     return {
-        **metrics,
+        **scores,
         "agreement": float((pred == ref)[mask].mean()),
         "max_abs_dlogit": float(np.abs(logits - ref_logits)[mask].max()),
     }
@@ -76,3 +82,18 @@ def latency_ms(runner, enc, tokenizer, n: int, warmup: int = 5) -> dict:
         runner(b)
         times.append((time.perf_counter() - t0) * 1000)
     return {"p50": statistics.median(times), "mean": statistics.fmean(times), "total": sum(times), "n": len(times)}
+
+
+def time_interleaved(load_runner, dirs: dict, enc, tokenizer, n: int, rounds: int = 3) -> dict[str, dict]:
+    """Batch-1 latency of every model in `dirs` ({name: directory}), in `rounds` rounds with the order rotated each
+    round; each model's p50/mean/total is the median over rounds. A machine whose speed drifts (shared cores, other
+    load) then slows every model alike instead of whichever happened to run at the time."""
+    names = list(dirs)
+    per_round: dict[str, list[dict]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            per_round[name].append(latency_ms(load_runner(dirs[name]), enc, tokenizer, n))
+    return {
+        name: {key: statistics.median(m[key] for m in runs) for key in ("p50", "mean", "total")}
+        for name, runs in per_round.items()
+    }

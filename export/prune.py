@@ -15,14 +15,60 @@ fine-tune follows, by default distilling from the unpruned model's logits.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
+
+from domainlift import tasks
+from domainlift.config import JobConfig
+from domainlift.training import training_args
+from export import evaluate
 
 log = logging.getLogger(__name__)
+
+
+def pruned_model(ckpt: Path, cfg: JobConfig, dev, train, tokenizer, out: Path, pct: int) -> Path:
+    """The checkpoint with export.prune_layers whole layers and then pct% of heads and FFN neurons removed, recovered
+    by a short (distillation) fine-tune on the tokenized `train` set, saved as a plain Hugging Face model in `out`.
+    Importance is measured on the tokenized `dev` set."""
+    task, e = cfg.data.task, cfg.export
+    cls = tasks.model_class(task)
+    model = cls.from_pretrained(ckpt, attn_implementation="eager")  # head_mask needs eager attention
+    teacher = cls.from_pretrained(ckpt)
+    dev_batches = []
+    for idx, b in evaluate.batches(dev, tokenizer):
+        t = {k: torch.as_tensor(v) for k, v in b.items()}
+        gold = evaluate.label_matrix(dev.select(idx.tolist()))
+        t["labels"] = torch.as_tensor(gold if gold.ndim == 1 else gold[:, : t["input_ids"].shape[1]])
+        dev_batches.append(t)
+    before = sum(p.numel() for p in model.parameters())
+    kept = list(range(model.config.num_hidden_layers))
+    if e.prune_layers:
+        kept = drop_layers(model, layer_importance(model, dev_batches), e.prune_layers)
+        log.info("pruned %d whole layers: kept layers %s", e.prune_layers, kept)
+    heads, ffn = importance(model, dev_batches)
+    info = {"layers_kept": kept, **prune(model, heads, ffn, pct / 100)}
+    after = sum(p.numel() for p in model.parameters())
+    log.info("pruned %d%%: %d -> %d parameters, heads removed %s", pct, before, after, info["heads_removed"])
+    if e.prune_recovery_epochs > 0:
+        model = recover(
+            model,
+            teacher,
+            train,
+            tasks.collator(task, tokenizer),
+            tokenizer,
+            out.with_name(out.name + "-recovery"),
+            cfg,
+            kept,
+        )
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / "pruning.json").write_text(json.dumps({**info, "parameters": [before, after]}, indent=2))
+    return out
 
 
 def importance(model, batches: list[dict]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -125,7 +171,7 @@ class DistillTrainer(Trainer):
 
     def __init__(self, *args, teacher, kept_layers, temperature=2.0, hidden_weight=0.0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.teacher = teacher.eval()
+        self.teacher = teacher.to(self.args.device).eval()  # where the Trainer put the student (a GPU if any)
         self.temperature = temperature
         self.hidden_weight = hidden_weight
         self.kept_layers = kept_layers  # student layer j mimics teacher layer kept_layers[j]
@@ -149,40 +195,18 @@ class DistillTrainer(Trainer):
         return (loss, out) if return_outputs else loss
 
 
-def recover(
-    model,
-    teacher,
-    train_ds,
-    collator,
-    tokenizer,
-    out_dir: Path,
-    epochs: float,
-    distill: bool,
-    kept_layers: list[int],
-    hidden_weight: float = 0.0,
-    lr: float = 5e-5,
-    batch_size: int = 16,
-    seed: int = 42,
-):
-    args = TrainingArguments(
-        output_dir=str(out_dir),
-        num_train_epochs=epochs,
-        learning_rate=lr,
-        per_device_train_batch_size=batch_size,
-        warmup_ratio=0.1,
-        weight_decay=0.01,
-        group_by_length=True,
-        length_column_name="length",
-        save_strategy="no",
-        eval_strategy="no",
-        report_to=[],
-        seed=seed,
-        logging_steps=20,
-        disable_tqdm=False,
+def recover(model, teacher, train_ds, collator, tokenizer, out_dir: Path, cfg: JobConfig, kept_layers: list[int]):
+    """A short fine-tune of the pruned model on the job's training data (export.prune_recovery_epochs, the job's
+    train: settings), distilling from the unpruned teacher unless export.prune_distill is off."""
+    e = cfg.export
+    args = training_args(
+        cfg.train, out_dir, epochs=e.prune_recovery_epochs, learning_rate=cfg.train.learning_rate, select=False
     )
     kwargs = dict(model=model, args=args, train_dataset=train_ds, data_collator=collator, processing_class=tokenizer)
-    if distill:
-        trainer = DistillTrainer(teacher=teacher, hidden_weight=hidden_weight, kept_layers=kept_layers, **kwargs)
+    if e.prune_distill:
+        trainer = DistillTrainer(
+            teacher=teacher, hidden_weight=e.prune_hidden_weight, kept_layers=kept_layers, **kwargs
+        )
     else:
         trainer = Trainer(**kwargs)
     trainer.train()

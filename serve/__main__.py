@@ -12,35 +12,29 @@ import sys
 
 import yaml
 
-from domainlift.cli import job_parser, stay_offline
+from domainlift import cli, manifest
+from domainlift.config import load_config
+from domainlift.errors import ConfigError
+from serve.model_store import import_variant
 
-stay_offline()
 SERVICE = "serve.service:DomainLift"
 
 
+@cli.entry
 def main(argv=None) -> int:
-    parser = job_parser("python -m serve", __doc__)
+    parser = cli.job_parser("python -m serve", __doc__)
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument("--build", action="store_true", help="build a bento (bentofile.yaml) instead of serving")
     args = parser.parse_args(argv)
-
-    from domainlift import manifest
-    from domainlift.config import ConfigError, load_config
-    from serve.model_store import import_variant
-
-    try:
-        cfg = load_config(args.config, args.overrides)
-        variant_dir = cfg.job_dir / "export" / cfg.serve.variant
-        if not variant_dir.is_dir():
-            raise ConfigError(
-                f"{variant_dir} does not exist: run `make export JOB={cfg.job}` first, or set serve.variant to one of "
-                f"the exported variants"
-            )
-        tag = import_variant(variant_dir)
-    except (ConfigError, manifest.ManifestError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)
+    variant_dir = cfg.job_dir / "export" / cfg.serve.variant
+    if not variant_dir.is_dir():
+        raise ConfigError(
+            f"{variant_dir} does not exist: run `make export JOB={cfg.job}` first, or set serve.variant to one of "
+            f"the exported variants"
+        )
+    tag = import_variant(variant_dir)
     quality = manifest.read(variant_dir)["quality"]
     if not quality.get("accepted"):
         print(

@@ -12,7 +12,8 @@ import re
 import shutil
 from pathlib import Path
 
-from domainlift import manifest
+from domainlift import manifest, tasks
+from domainlift.errors import ManifestError
 
 ARTIFACT = "artifact"  # sub-directory of the stored model that holds the variant exactly as exported
 
@@ -20,7 +21,7 @@ ARTIFACT = "artifact"  # sub-directory of the stored model that holds the varian
 def summary(m: dict) -> dict:
     """What a client of the service is told about its model (POST /model) and the store keeps as metadata."""
     quality = m.get("quality", {})
-    metric = "accuracy" if m["task"] == "text-classification" else "f1"
+    metric = tasks.MAIN_METRIC[m["task"]]
     return {
         "job": m["config"]["job"],
         "variant": m["variant"],
@@ -49,7 +50,7 @@ def import_variant(variant_dir: Path) -> str:
 
     m = manifest.verify(variant_dir)  # never import an artifact whose files fail their hashes
     if m.get("kind") != "variant":
-        raise manifest.ManifestError(f"{variant_dir} is a {m.get('kind')}, not an export variant: run `make export`")
+        raise ManifestError(f"{variant_dir} is a {m.get('kind')}, not an export variant: run `make export`")
     tag = f"{model_name(m['config']['job'])}:{m['sha256'][:20]}"
     try:
         bentoml.models.get(tag)

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from domainlift import manifest
-from domainlift.runtime import load_runner
+from domainlift.runtime import load_runner, pad_batch
+from domainlift.tasks import MODEL_INPUTS
 
-INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 WARM_UP_TEXT = "Warm-up text: the first calls of a fresh session allocate memory and pick kernels."
 
 
@@ -70,18 +70,12 @@ class Predictor:
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, return_offsets_mapping=offsets)
         truncated = [c or bool(e.overflowing) for c, e in zip(cut_chars, enc.encodings)]
         lengths = [len(ids) for ids in enc["input_ids"]]
-        columns = [c for c in INPUTS if c in enc]  # a model without token types gets zeros
+        columns = [c for c in MODEL_INPUTS if c in enc]  # a model without token types gets zeros
         order = np.argsort(lengths, kind="stable")
         logits: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
         for start in range(0, len(order), self.micro_batch_size):
             idx = order[start : start + self.micro_batch_size]
-            width = max(lengths[i] for i in idx)
-            batch = {c: np.zeros((len(idx), width), dtype=np.int64) for c in INPUTS}
-            batch["input_ids"][:] = self.tokenizer.pad_token_id  # BERT pads on the right
-            for row, i in enumerate(idx):
-                for c in columns:
-                    batch[c][row, : lengths[i]] = enc[c][i]
-            out = self.runner(batch)
+            out = self.runner(pad_batch([{c: enc[c][i] for c in columns} for i in idx], self.tokenizer.pad_token_id))
             for row, i in zip(out, idx):
                 logits[i] = row[: lengths[i]] if out.ndim == 3 else row
         return logits, enc, truncated, lengths

@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel
 from starlette.responses import JSONResponse
 
 from domainlift.config import serve_config
+from domainlift.tasks import ROUTE
 from serve.model_store import ARTIFACT, summary
 from serve.predictor import Predictor
 
@@ -170,8 +171,8 @@ class DomainLift:
 
     def _require(self, task: str) -> None:
         if self.predictor.task != task:
-            other = "/classify" if self.predictor.task == "text-classification" else "/extract_entities"
-            raise NotFound(f"this service's model ({self.info['job']}) does {self.predictor.task}: POST to {other}")
+            does = self.predictor.task
+            raise NotFound(f"this service's model ({self.info['job']}) does {does}: POST to {ROUTE[does]}")
 
 
 DomainLift.add_asgi_middleware(Gate, max_concurrency=SETTINGS.max_concurrency)

@@ -7,7 +7,7 @@
                                          method_cfg=cfg.method (and target=, target_collator= when the
                                          module has target_collator(tokenizer, cfg): unlabeled target batches)
 
-`dapt` is not an objective but a phase before one (finetune/methods/dapt.py): method.name dapt+<objective>.
+`dapt` is not an objective but a phase before one (finetune/phases.py): method.name dapt+<objective>.
 Every method keeps the checkpoint contract, so export and serving never need to know which one ran.
 """
 

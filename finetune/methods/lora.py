@@ -9,7 +9,7 @@ from pathlib import Path
 
 from peft import LoraConfig, TaskType, get_peft_model
 
-from domainlift.config import ConfigError
+from domainlift.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

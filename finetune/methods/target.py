@@ -7,13 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
-from domainlift.config import ConfigError
-
-
-def encode_texts(ds: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
-    """Model inputs for unlabeled rows: a text, or an NER sentence's words joined by spaces."""
-    texts = list(ds["text"]) if "text" in ds.column_names else [" ".join(words) for words in ds["tokens"]]
-    return datasets.Dataset.from_dict(dict(tokenizer(texts, truncation=True, max_length=max_length)))
+from domainlift.errors import ConfigError
 
 
 class TargetTrainer(Trainer):

@@ -20,8 +20,8 @@ from conftest import ROOT, write_config, write_easy_job
 from benchmarks.server import running_server
 from domainlift.config import load_config
 from domainlift.manifest import ManifestError
-from export.stage import Exporter
-from finetune.train import run as finetune
+from export.recipe import Exporter
+from finetune.recipe import run as finetune
 from serve.model_store import import_variant
 from serve.predictor import Predictor
 

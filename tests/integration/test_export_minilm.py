@@ -4,8 +4,8 @@ import pytest
 from conftest import KITCHEN, write_config
 
 from domainlift.config import load_config
-from export.stage import Exporter
-from finetune.train import run as finetune
+from export.recipe import Exporter
+from finetune.recipe import run as finetune
 
 pytestmark = pytest.mark.slow
 

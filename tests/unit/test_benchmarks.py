@@ -10,8 +10,8 @@ from conftest import write_easy_job
 
 from benchmarks import latency
 from domainlift.config import load_config
-from export.stage import Exporter
-from finetune.train import run as finetune
+from export.recipe import Exporter
+from finetune.recipe import run as finetune
 
 FEW = ["bench.batch_sizes=[1,4]", "bench.fixed_lengths=[16]", "bench.seconds_per_cell=0.05", "bench.min_repeats=2"]
 

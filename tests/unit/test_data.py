@@ -8,7 +8,8 @@ import pytest
 from conftest import BOOKS, CROSSNER, KITCHEN
 
 from domainlift.config import DataConfig
-from finetune.data import DataError, build_splits, load_domain, read_conll, read_labelled
+from domainlift.data import build_splits, load_domain, read_conll, read_labelled
+from domainlift.errors import DataError
 
 
 def test_amazon_protocol_same_domain(caplog):

@@ -14,8 +14,9 @@ from domainlift import manifest
 from domainlift.config import ConfigError, load_config
 from domainlift.runtime import OnnxRunner, load_runner
 from export import build
-from export.stage import Exporter, parse_variant
-from finetune.train import run as finetune
+from export.recipe import Exporter
+from export.variants import parse as parse_variant
+from finetune.recipe import run as finetune
 
 
 @pytest.fixture(scope="module")

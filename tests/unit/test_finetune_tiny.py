@@ -16,7 +16,7 @@ from transformers import AutoModelForSequenceClassification, AutoModelForTokenCl
 
 from domainlift import manifest
 from domainlift.config import ConfigError, load_config
-from finetune.train import run
+from finetune.recipe import run
 
 
 def _files(d: Path) -> set:

@@ -11,12 +11,12 @@ from conftest import BOOKS, CHECKPOINT_FILES, write_config
 from transformers import AutoTokenizer, BertForSequenceClassification, TrainingArguments
 from transformers import Trainer as HFTrainer
 
+from domainlift import data as data_mod
 from domainlift import manifest
 from domainlift.config import ConfigError, load_config
-from finetune import data as data_mod
+from domainlift.tasks import encode_texts
 from finetune.methods import dann, fgm, udalm
-from finetune.methods.target import encode_texts
-from finetune.train import run
+from finetune.recipe import run
 
 
 def test_the_reversal_layer_flips_and_scales_gradients():
@@ -149,95 +149,3 @@ def test_method_and_data_options_are_checked(tmp_path):
         load_config(write_config(tmp_path, data={"task": "token-classification", "augment": "swap"}))
     with pytest.raises(data_mod.DataError, match="the target is the source"):
         data_mod.build_splits(load_config(write_config(tmp_path, data={"target_labelled": 5})).data)
-
-
-def test_the_adapt_matrix_runs_a_one_pair_slice_and_resumes(tmp_path, tiny_model_dir, capsys):
-    from benchmarks import adapt_matrix
-
-    argv = [
-        "--pairs",
-        "books:kitchen",
-        "--methods",
-        "full,dann,few-shot-200",
-        "--out",
-        str(tmp_path),
-        f"model.path={tiny_model_dir}",
-        "model.max_length=32",
-        "data.max_train_samples=16",
-        "data.max_eval_samples=16",
-        "train.epochs=1",
-    ]
-    assert adapt_matrix.main(argv) == 0
-    report = json.loads((tmp_path / "results.json").read_text())
-    assert report["pairs"] == ["books:kitchen"] and report["methods"] == ["full", "dann", "few-shot-200"]
-    assert report["seeds"] == [42]  # the config's train.seed
-    (run,) = report["cells"]["books:kitchen"]["dann"]["runs"]
-    assert 0 <= report["cells"]["books:kitchen"]["dann"]["score"] == run["target_test"]["accuracy"] <= 1
-    assert run["seed"] == 42 and run["reused"] is False
-    assert report["gain_over_baseline"]["dann"] == report["mean"]["dann"] - report["mean"]["full"]
-    assert "| books → kitchen |" in (tmp_path / "results.md").read_text()
-    assert (tmp_path / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
-    assert not (tmp_path / "runs/books-to-kitchen-dann-seed42/run").exists(), "the Trainer states are removed"
-    few = json.loads((tmp_path / "runs/books-to-kitchen-few-shot-200-seed42/checkpoint/manifest.json").read_text())
-    few = few["config"]
-    assert few["method"]["name"] == "full" and few["data"]["target_labelled"] == 200
-    # Finished cells are reused, not retrained, also when only settings after fine-tuning (export) changed.
-    assert adapt_matrix.main([*argv, "export.prune_layers=1"]) == 0
-    cells = json.loads((tmp_path / "results.json").read_text())["cells"]["books:kitchen"]
-    assert all(run["reused"] for cell in cells.values() for run in cell["runs"])
-    assert adapt_matrix.main([*argv, "train.learning_rate=1e-4", "--methods", "full"]) == 0
-    assert (
-        json.loads((tmp_path / "results.json").read_text())["cells"]["books:kitchen"]["full"]["runs"][0]["reused"]
-        is False
-    )
-    # Several seeds: a cell is their mean, and each run is compared with the baseline's run of the same seed.
-    assert adapt_matrix.main([*argv, "--methods", "full,dann", "--seeds", "42,7"]) == 0
-    report = json.loads((tmp_path / "results.json").read_text())
-    dann, full = report["cells"]["books:kitchen"]["dann"], report["cells"]["books:kitchen"]["full"]
-    assert report["seeds"] == [7, 42] and [r["seed"] for r in dann["runs"]] == [7, 42]
-    assert [r["reused"] for r in dann["runs"]] == [False, True]
-    assert dann["score"] == (dann["runs"][0]["score"] + dann["runs"][1]["score"]) / 2
-    wins = sum(d["score"] > f["score"] for d, f in zip(dann["runs"], full["runs"]))
-    assert report["runs_above_baseline"]["dann"] == wins
-    assert f"| {wins} of 2 |" in (tmp_path / "results.md").read_text()
-    assert adapt_matrix.main([*argv, "--seeds", "42,x"]) == 2
-    assert "comma-separated integers" in capsys.readouterr().err
-    assert adapt_matrix.main(["--pairs", "books:books"]) == 2
-    assert "two different domains" in capsys.readouterr().err
-
-
-def test_the_crossner_matrix_shares_one_conll_pretraining_across_domains(tmp_path, tiny_model_dir):
-    from benchmarks import adapt_matrix
-
-    common = [
-        "--suite",
-        "crossner",
-        "--out",
-        str(tmp_path),
-        f"model.path={tiny_model_dir}",
-        "model.max_length=32",
-        "data.max_train_samples=200",  # all of politics' and science's 200 sentences, 200 of CoNLL's 15k
-        "data.max_eval_samples=16",
-        "train.epochs=1",
-        "pretrain.epochs=1",
-    ]
-    assert adapt_matrix.main(["--pairs", "politics,science", "--methods", "direct,pretrain", *common]) == 0
-    report = json.loads((tmp_path / "results.json").read_text())
-    assert report["metric"] == "f1" and report["baseline"] == "direct"
-    assert report["pairs"] == ["conll2003:politics", "conll2003:science"]
-    for pair in report["pairs"]:
-        for column in ("direct", "pretrain"):
-            cell = report["cells"][pair][column]
-            assert 0 <= cell["score"] == cell["runs"][0]["target_test"]["f1"] <= 1
-    configs = {
-        c: json.loads((tmp_path / f"runs/conll2003-to-politics-{c}-seed42/checkpoint/manifest.json").read_text())[
-            "config"
-        ]
-        for c in ("direct", "pretrain")
-    }
-    assert configs["direct"]["pretrain"]["data"] is None
-    assert configs["pretrain"]["pretrain"]["data"] == "data/crossner/conll2003"
-    cache = list((tmp_path / "runs/pretrain-cache").iterdir())
-    assert len(cache) == 1, "one CoNLL pre-training serves both domains"
-    assert manifest.verify(cache[0])["kind"] == "pretrained-encoder"
-    assert adapt_matrix.main(["--pairs", "law", *common]) == 2

@@ -23,15 +23,12 @@ from pathlib import Path
 import datasets
 
 from domainlift.config import DataConfig
+from domainlift.errors import DataError
 
 log = logging.getLogger(__name__)
 
 _EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".txt": "conll", ".conll": "conll"}
 _BIO = re.compile(r"^(O|[BI]-\S+)$")
-
-
-class DataError(ValueError):
-    """A data problem; the message names the file (and line) and the fix."""
 
 
 @dataclass

@@ -1,0 +1,76 @@
+"""The one place that turns the job's `train:` section into transformers TrainingArguments, for every phase that
+trains: the task fine-tuning and labelled pre-training (finetune/), DAPT (finetune/phases.py) and the recovery
+fine-tune after pruning (export/prune.py). They share optimiser, schedule, batch size, seed and precision.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+
+from domainlift.config import TrainConfig
+from domainlift.metrics import SELECTION_METRIC
+
+log = logging.getLogger(__name__)
+
+
+def precision_flags(choice: str) -> dict:
+    if choice == "auto":
+        if torch.cuda.is_available():
+            choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            choice = "fp32"  # CPU autocast buys little for BERT-size training and costs accuracy checks
+    if choice in ("bf16", "fp16") and not torch.cuda.is_available():
+        log.warning("train.precision=%s on CPU: autocast runs, but expect no speed-up over fp32", choice)
+    return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
+
+
+def training_args(t: TrainConfig, out: Path, *, epochs: float, learning_rate: float, select: bool) -> TrainingArguments:
+    """select=True (task fine-tuning, labelled pre-training): evaluate on dev and save a resumable state every epoch
+    (or every train.eval_steps), keep the best by the selection metric, honour train.max_steps. select=False (DAPT,
+    pruning recovery): train for `epochs`, no evaluation, no saved states."""
+    strategy = ("steps" if t.eval_steps else "epoch") if select else "no"
+    selection = (
+        {
+            "eval_steps": t.eval_steps,
+            "save_steps": t.eval_steps,
+            "save_total_limit": t.save_total_limit,
+            "load_best_model_at_end": True,
+            "metric_for_best_model": SELECTION_METRIC,
+            "greater_is_better": True,
+        }
+        if select
+        else {}
+    )
+    return TrainingArguments(
+        output_dir=str(out),
+        num_train_epochs=epochs,
+        max_steps=t.max_steps if select else -1,
+        learning_rate=learning_rate,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        weight_decay=t.weight_decay,
+        warmup_ratio=t.warmup_ratio,
+        lr_scheduler_type="linear",
+        optim="adamw_torch",
+        eval_strategy=strategy,
+        save_strategy=strategy,
+        **selection,
+        group_by_length=t.group_by_length,
+        length_column_name="length",
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_dir=str(Path(out) / "tensorboard"),
+        logging_steps=t.logging_steps,
+        report_to=["tensorboard"],
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+        # Several CPU processes (torchrun without GPUs) only form a gloo process group with use_cpu.
+        use_cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+        **precision_flags(t.precision),
+    )

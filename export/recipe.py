@@ -1,0 +1,240 @@
+"""The export recipe: setup -> build or reuse each variant (verified) -> time them all -> report + `best`.
+
+    python -m export --config configs/sentiment-kitchen.yaml [--variants onnx-int8-dynamic,onnx-int4] [--force]
+
+Reads artifacts/<job>/checkpoint/ (manifest verified), writes artifacts/<job>/export/<variant>/ (model files,
+tokenizer, manifest.json with parent hash, recipe, files, measured quality), then export/report.{md,json}
+and the symlink export/best -> the fastest variant that passes the accuracy gate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from domainlift import data as data_mod
+from domainlift import manifest, tasks
+from domainlift.config import JobConfig
+from domainlift.errors import ConfigError, ExportError, ManifestError
+from domainlift.runtime import TorchRunner, load_runner, runtime_of
+from export import build, evaluate, prune, variants
+from export.report import write_report
+
+log = logging.getLogger("export")
+REFERENCE = "checkpoint (PyTorch fp32)"
+
+
+class Exporter:
+    def __init__(self, cfg: JobConfig, force: bool = False):
+        self.cfg, self.force = cfg, force
+        self.ckpt = cfg.job_dir / "checkpoint"
+        self.out = cfg.job_dir / "export"
+        if not self.ckpt.is_dir():
+            raise ManifestError(f"no checkpoint at {self.ckpt}; run `make finetune JOB={cfg.job}` first")
+        manifest.verify(self.ckpt)
+        self.parent = manifest.parent_info(self.ckpt)
+        self.task = cfg.data.task
+        self.tokenizer = AutoTokenizer.from_pretrained(self.ckpt)
+        model_cfg = json.loads((self.ckpt / "config.json").read_text())
+        self.labels = [model_cfg["id2label"][str(i)] for i in range(len(model_cfg["id2label"]))]
+        self.num_layers = model_cfg.get("num_hidden_layers", 0)
+        self.splits = data_mod.build_splits(cfg.data)
+        self.test = self.encode(self.splits.test, "test")
+        self.gold = evaluate.label_matrix(self.test)
+        self.threads = cfg.export.latency_threads or os.cpu_count()
+        self.work = Path(tempfile.mkdtemp(prefix="domainlift-export-"))
+        self.graphs = variants.Graphs(self.work, self.task, cfg.export.opset, self._calibration)
+        self._pruned: dict[int, Path] = {}
+
+    def encode(self, ds, name: str):
+        return tasks.tokenize(ds, self.tokenizer, self.labels, self.cfg.model.max_length, self.task, name)
+
+    def run(self, names: list[str]) -> dict:
+        """Build (or reuse) every named variant, time them with the checkpoint, write the report and `best`."""
+        chosen = [variants.parse(n, self.cfg) for n in names]  # every name checked before any work
+        self._check(chosen)
+        metric = tasks.MAIN_METRIC[self.task]
+        log.info("reference: checkpoint in PyTorch fp32 eager, %d test examples", len(self.test))
+        ref_logits = evaluate.predict(TorchRunner(self.ckpt, self.threads), self.test, self.tokenizer)
+        ref_quality = evaluate.compare(self.task, self.labels, ref_logits, ref_logits, self.gold)
+        rows = [{"variant": REFERENCE, "status": "reference", "runtime": "torch", "size_bytes": _size(self.ckpt)}]
+        rows[0].update(_row(ref_quality, metric))
+        rows += [self.build_or_reuse(v, ref_logits, ref_quality, metric) for v in chosen]
+        self.time_rows(rows)
+        report = self._report(rows, metric)
+        shutil.rmtree(self.work, ignore_errors=True)
+        failed = [r["variant"] for r in rows if r["status"] == "failed"]
+        if failed:
+            raise ExportError(f"variants failed to build: {', '.join(failed)} (see {self.out / 'report.md'})")
+        return report
+
+    def _check(self, chosen: list[variants.Variant]) -> None:
+        prune_layers = self.cfg.export.prune_layers
+        if prune_layers and any(v.prune_pct for v in chosen) and prune_layers >= self.num_layers:
+            raise ConfigError(
+                f"export.prune_layers is {prune_layers} but the model has {self.num_layers} layers; "
+                f"remove at most {self.num_layers - 1}"
+            )
+        if any(v.base and v.base.startswith("onnx") for v in chosen):
+            build.check_onnx_support(self.ckpt, self.task)
+
+    # ---- building ------------------------------------------------------------------------------------
+
+    def build_or_reuse(self, v: variants.Variant, ref_logits, ref_quality: dict, metric: str) -> dict:
+        """The variant's report row: built, verified against the checkpoint and gated; or found up to date; or
+        skipped (cannot be built on this machine); or failed (reported; one broken variant must not sink the rest)."""
+        reason = v.unavailable()
+        if reason:
+            log.warning("%s: skipped, %s", v.name, reason)
+            return {"variant": v.name, "status": "skipped", "reason": reason}
+        m = self.up_to_date(v)
+        try:
+            if m is None:
+                log.info("%s: building", v.name)
+                with manifest.atomic_dir(self.out / v.name, overwrite=True) as tmp:
+                    self.build(v, tmp)
+                    quality = self.measure(tmp, ref_logits)
+                    self._gate(quality, ref_quality, metric)
+                    manifest.write(
+                        tmp,
+                        kind="variant",
+                        config=self.cfg.to_dict(),
+                        parent=self.parent,
+                        quality=quality,
+                        recipe=v.recipe,
+                        task=self.task,
+                        variant=v.name,
+                        runtime=runtime_of(tmp),
+                        labels=self.labels,
+                    )
+                m = manifest.read(self.out / v.name)
+            else:
+                log.info("%s: up to date (same parent and recipe), not rebuilt", v.name)
+        except Exception as e:  # reported in its row and, at the end, as an ExportError
+            log.error("%s: failed: %s", v.name, e)
+            return {"variant": v.name, "status": "failed", "reason": f"{type(e).__name__}: {e}"}
+        q = m["quality"]
+        return {
+            "variant": v.name,
+            "status": "accepted" if q["accepted"] else "rejected",
+            "runtime": m["runtime"],
+            "size_bytes": _size(self.out / v.name),
+            "reason": q.get("reason", ""),
+            **_row(q, metric),
+        }
+
+    def build(self, v: variants.Variant, out: Path) -> None:
+        src = self.pruned(v.prune_pct) if v.prune_pct else self.ckpt
+        if v.base is None:  # the pruned PyTorch model itself
+            for f in src.iterdir():
+                shutil.copy2(f, out / f.name)
+            return
+        if (src / "pruning.json").is_file():
+            shutil.copy2(src / "pruning.json", out / "pruning.json")
+        variants.BASES[v.base].build(self.graphs, src, out, self.cfg.export)
+
+    def pruned(self, pct: int) -> Path:
+        """The pruned and recovered model for pct, made once per run and shared by its variants."""
+        if pct not in self._pruned:
+            dev, train = self.encode(self.splits.dev, "dev"), self.encode(self.splits.train, "train")
+            out = self.work / f"pruned-{pct}"
+            self._pruned[pct] = prune.pruned_model(self.ckpt, self.cfg, dev, train, self.tokenizer, out, pct)
+        return self._pruned[pct]
+
+    def _calibration(self) -> list[dict]:
+        """onnx-int8-static's calibration batches: target-domain unlabeled text, one text per batch."""
+        n = min(self.cfg.export.calibration_samples, len(self.splits.unlabeled))
+        calib = self.encode(self.splits.unlabeled.select(range(n)), "calibration")
+        return [b for _, b in evaluate.batches(calib, self.tokenizer, size=1)]
+
+    def up_to_date(self, v: variants.Variant) -> dict | None:
+        d = self.out / v.name
+        if self.force or not (d / manifest.MANIFEST).is_file():
+            return None
+        try:
+            m = manifest.verify(d)
+        except ManifestError as e:
+            log.warning("%s: rebuilding, %s", v.name, e)
+            return None
+        same = m.get("parent", {}).get("sha256") == self.parent["sha256"] and m.get("recipe") == v.recipe
+        return m if same else None
+
+    # ---- verifying and timing ------------------------------------------------------------------------
+
+    def runner(self, root: Path):
+        return load_runner(root, self.threads, verify=False)  # verified once, when built or found up to date
+
+    def measure(self, root: Path, ref_logits) -> dict:
+        logits = evaluate.predict(self.runner(root), self.test, self.tokenizer)
+        return evaluate.compare(self.task, self.labels, logits, ref_logits, self.gold)
+
+    def _gate(self, quality: dict, ref: dict, metric: str) -> None:
+        ratio = quality[metric] / ref[metric] if ref[metric] else 0.0
+        quality["ratio"] = ratio
+        quality["accepted"] = ratio >= self.cfg.export.min_accuracy_ratio
+        if not quality["accepted"]:
+            quality["reason"] = (
+                f"{metric} {quality[metric]:.4f} is {ratio:.4f} of the checkpoint's {ref[metric]:.4f}, "
+                f"below export.min_accuracy_ratio={self.cfg.export.min_accuracy_ratio}"
+            )
+
+    def time_rows(self, rows: list[dict]) -> None:
+        """Batch-1 latency of the checkpoint and every built variant, after all building, added to their rows."""
+        built = {r["variant"]: self.out / r["variant"] for r in rows[1:] if "metric" in r}
+        log.info("timing the checkpoint and %d built variants at batch 1", len(built))
+        dirs = {REFERENCE: self.ckpt, **built}
+        n = self.cfg.export.latency_samples
+        latency = evaluate.time_interleaved(self.runner, dirs, self.test, self.tokenizer, n)
+        ref = latency[REFERENCE]
+        for r in rows:
+            if r["variant"] in latency:
+                lat = latency[r["variant"]]
+                r.update(
+                    latency_p50_ms=lat["p50"],
+                    latency_mean_ms=lat["mean"],
+                    speedup_p50=ref["p50"] / lat["p50"],
+                    speedup_total=ref["total"] / lat["total"],
+                )
+
+    def _report(self, rows: list[dict], metric: str) -> dict:
+        accepted = [r for r in rows if r["status"] == "accepted"]
+        best = min(accepted, key=lambda r: r["latency_p50_ms"])["variant"] if accepted else None
+        if best:
+            link = self.out / "best"
+            tmp_link = self.out / ".best.tmp"
+            tmp_link.unlink(missing_ok=True)
+            tmp_link.symlink_to(best)  # relative: the export dir can be moved or copied as a whole
+            os.replace(tmp_link, link)
+        report = {
+            "job": self.cfg.job,
+            "task": self.task,
+            "metric": metric,
+            "checkpoint": str(self.ckpt),
+            "checkpoint_sha256": self.parent["sha256"],
+            "threads": self.threads,
+            "min_accuracy_ratio": self.cfg.export.min_accuracy_ratio,
+            "best": best,
+            "rows": rows,
+        }
+        write_report(self.out, report)
+        return report
+
+
+def _row(q: dict, metric: str) -> dict:
+    return {
+        "metric": q[metric],
+        "ratio": q.get("ratio", 1.0),
+        "agreement": q["agreement"],
+        "max_abs_dlogit": q["max_abs_dlogit"],
+    }
+
+
+def _size(root: Path) -> int:
+    """Bytes of model weights (what a deployment ships), tokenizer and manifests excluded."""
+    return sum(p.stat().st_size for p in Path(root).glob("*") if p.suffix in (".onnx", ".safetensors", ".data"))
