@@ -30,17 +30,20 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from statistics import fmean
+from statistics import fmean, stdev
 
 from domainlift import cli, manifest
-from domainlift.config import load_config
+from domainlift.config import SELF_TRAIN, config_from_dict, load_config
 from domainlift.errors import ConfigError, DomainliftError
 from finetune.recipe import run
 
 DOMAINS = ("books", "dvd", "electronics", "kitchen")
 ALL_PAIRS = [f"{s}:{t}" for s in DOMAINS for t in DOMAINS if s != t]
 CPU_PAIRS = ["books:kitchen", "dvd:electronics", "electronics:books", "kitchen:dvd"]  # each domain once each way
-METHODS = ["full", "dapt", "dann", "udalm", "fgm"]
+# Every method.name worth comparing: source-only, self-training, DAPT and DAPT + self-training, UDALM (which runs
+# DAPT itself), DANN after DAPT, FGM. A +self-train column is taught by its base column's cell (the same method
+# without +self-train, same pair and seed), which runs first when it has not.
+METHODS = ["full", "self-train", "dapt", "dapt+self-train", "udalm", "dapt+dann", "fgm"]
 # Columns that are not a method.name alone. Few-shot is a different setting from the others: it uses target
 # *labels* (200 of the target's 1600 train reviews, stratified), so it answers "what do a few labels buy".
 AMAZON_SETTINGS = {"few-shot-200": ["method.name=full", "data.target_labelled=200"]}
@@ -109,6 +112,7 @@ def cell_config(
         cell = [
             f"data.source=data/amazon-reviews/{source}.jsonl",
             f"data.target=data/amazon-reviews/{target}.jsonl",
+            f"data.unlabeled=[data/amazon-reviews/unlabeled/{target}.jsonl]",  # the target's unlabeled pool
         ]
         cell += AMAZON_SETTINGS.get(column, [f"method.name={column}"])
     else:
@@ -118,33 +122,68 @@ def cell_config(
     cfg = load_config(
         base, [f"output_dir={out / 'runs'}", *cell, *overrides, *([f"train.seed={seed}"] if seed is not None else [])]
     )
-    cfg.job = f"{source}-to-{target}-{column.replace('+', '-')}-seed{cfg.train.seed}"
+    cfg.job = cell_name(source, target, column, cfg.train.seed)
+    teacher = teacher_column(column)
+    if teacher and not cfg.method.self_train.teacher:
+        cfg.method.self_train.teacher = str(
+            cfg.job_dir.parent / cell_name(source, target, teacher, cfg.train.seed) / "checkpoint"
+        )
     return cfg
+
+
+def cell_name(source: str, target: str, column: str, seed: int) -> str:
+    return f"{source}-to-{target}-{column.replace('+', '-')}-seed{seed}"
+
+
+def teacher_column(column: str) -> str | None:
+    """The column whose cell teaches a +self-train column: the same method without +self-train."""
+    if not column.endswith(SELF_TRAIN):
+        return None
+    return column.removesuffix(SELF_TRAIN).rstrip("+") or "full"
 
 
 def run_cell(cfg, force: bool) -> dict:
     """Fine-tune one cell (or reuse its finished checkpoint) and return its target-test metrics."""
     ckpt = cfg.job_dir / "checkpoint"
-    if not force and (ckpt / "metrics.json").is_file():
-        recorded, wanted = manifest.read(ckpt)["config"], cfg.to_dict()
-        if all(recorded.get(k) == wanted[k] for k in FINETUNE_SECTIONS):
-            return {**json.loads((ckpt / "metrics.json").read_text()), "reused": True}
+    if not force and (ckpt / "metrics.json").is_file() and same_finetuning(ckpt, cfg):
+        return {**json.loads((ckpt / "metrics.json").read_text()), "reused": True}
     run(cfg, overwrite=True)
     shutil.rmtree(cfg.job_dir / "run", ignore_errors=True)  # resumable Trainer states: GBs, not needed now
     return {**json.loads((ckpt / "metrics.json").read_text()), "reused": False}
 
 
+def same_finetuning(ckpt: Path, cfg) -> bool:
+    """Whether the finished cell at ckpt was fine-tuned with cfg's data, model, method, pretrain and train sections
+    (keys added to the schema since it ran count as their defaults)."""
+    try:
+        recorded = config_from_dict(manifest.read(ckpt)["config"], origin=str(ckpt)).to_dict()
+    except ConfigError:  # written by a schema that had keys this one no longer has
+        return False
+    wanted = cfg.to_dict()
+    return all(recorded[k] == wanted[k] for k in FINETUNE_SECTIONS)
+
+
 def summarise(cells: dict, pairs: list[str], methods: list[str], baseline: str) -> dict:
+    """Per method: the mean over pairs and seeds, the mean over pairs for each seed (their range is the spread
+    across seeds), and, against the baseline run on the same pair with the same seed: the mean gain, the standard
+    deviation of the paired gains, and how many runs beat it."""
     means = {m: fmean(cells[p][m]["score"] for p in pairs) for m in methods}
-    if baseline not in methods:
-        return {"mean": means, "gain_over_baseline": {}, "runs_above_baseline": {}}
-    gains = {m: means[m] - means[baseline] for m in methods}
-    # Paired: each run against the baseline's run on the same pair with the same seed.
-    above = {
-        m: sum(r["score"] > b["score"] for p in pairs for r, b in zip(cells[p][m]["runs"], cells[p][baseline]["runs"]))
+    seeds = [r["seed"] for r in cells[pairs[0]][methods[0]]["runs"]]
+    seed_means = {
+        m: {str(seed): fmean(cells[p][m]["runs"][i]["score"] for p in pairs) for i, seed in enumerate(seeds)}
         for m in methods
     }
-    return {"mean": means, "gain_over_baseline": gains, "runs_above_baseline": above}
+    out = {"mean": means, "seed_means": seed_means, "gain_over_baseline": {}, "runs_above_baseline": {}}
+    if baseline not in methods:
+        return out
+    paired = {
+        m: [r["score"] - b["score"] for p in pairs for r, b in zip(cells[p][m]["runs"], cells[p][baseline]["runs"])]
+        for m in methods
+    }
+    out["gain_over_baseline"] = {m: means[m] - means[baseline] for m in methods}
+    out["paired_gain_sd"] = {m: stdev(d) if len(d) > 1 else 0.0 for m, d in paired.items()}
+    out["runs_above_baseline"] = {m: sum(d > 0 for d in paired[m]) for m in methods}
+    return out
 
 
 def markdown(report: dict) -> str:
@@ -162,9 +201,22 @@ def markdown(report: dict) -> str:
     for p in pairs:
         lines.append(f"| {p.replace(':', ' → ')} | " + " | ".join(cell(cells[p][m]) for m in methods) + " |")
     lines.append("| **mean** | " + " | ".join(f"**{report['mean'][m]:.4f}**" for m in methods) + " |")
+    if len(seeds) > 1:
+        per_seed = report["seed_means"]
+        lines.append(
+            "| mean per seed ("
+            + " / ".join(map(str, seeds))
+            + ") | "
+            + " | ".join(" / ".join(f"{v:.4f}" for v in per_seed[m].values()) for m in methods)
+            + " |"
+        )
     if report["gain_over_baseline"]:
-        gains = report["gain_over_baseline"]
-        lines.append("| gain (points) | " + " | ".join(f"{100 * gains[m]:+.2f}" for m in methods) + " |")
+        gains, sd = report["gain_over_baseline"], report["paired_gain_sd"]
+        lines.append(
+            "| gain (points; ± sd of the paired gains) | "
+            + " | ".join("" if m == baseline else f"{100 * gains[m]:+.2f} ± {100 * sd[m]:.2f}" for m in methods)
+            + " |"
+        )
         above, runs = report["runs_above_baseline"], len(pairs) * len(seeds)
         lines.append(
             "| runs above baseline | "
@@ -172,7 +224,7 @@ def markdown(report: dict) -> str:
             + " |"
         )
     lines.append(
-        "| train time, s (mean) | "
+        "| train time, s (mean; +self-train: labelling and student, the teacher is its base column's cell) | "
         + " | ".join(f"{fmean(cells[p][m]['train_runtime_s'] for p in pairs):.0f}" for m in methods)
         + " |"
     )
@@ -244,8 +296,14 @@ def main(argv=None) -> int:
     }
     cells: dict = {f"{s}:{t}": {m: {"runs": []} for m in methods} for s, t in pairs}
     t0 = time.perf_counter()
-    for (pair, method, _), cfg in tqdm(configs.items(), desc="adapt-matrix", unit="run"):
+    for (pair, method, seed), cfg in tqdm(configs.items(), desc="adapt-matrix", unit="run"):
         try:
+            teacher = teacher_column(method)
+            if teacher:  # its teacher cell first (reused when finished, also when listed as a column itself)
+                source, target = pair.split(":")
+                teacher_cfg = cell_config(args.suite, base, out, source, target, teacher, seed, args.overrides)
+                if cfg.method.self_train.teacher == str(teacher_cfg.job_dir / "checkpoint"):
+                    run_cell(teacher_cfg, force=False)
             metrics = run_cell(cfg, args.force)
         except DomainliftError as e:  # which cell, then what is wrong
             raise type(e)(f"{pair} {method}: {e}") from e

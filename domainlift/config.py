@@ -22,14 +22,33 @@ from domainlift.errors import ConfigError
 
 
 @dataclass
+class DomainConfig:
+    # One domain's file when it is laid out differently from the data section's defaults, e.g. a target CSV
+    #   target: {path: my_reviews.csv, text_field: reviews, label_field: labels, label_map: {0: negative, 1: positive}}
+    path: str
+    format: Literal["jsonl", "csv", "conll"] | None = None  # null = data.format (or the file extension)
+    text_field: str | None = None  # null = data.text_field
+    label_field: str | None = None  # null = data.label_field
+    # This file's label values -> the source's label names. Values it does not name stay as they are (and a test
+    # label the training data never had is an error that names it). null = the labels already are those names.
+    label_map: dict | None = None
+
+
+@dataclass
 class DataConfig:
     task: Literal["text-classification", "token-classification"] = "text-classification"
     # Labelled training data. A file (jsonl/csv/conll) is split deterministically into train + held-out
     # (test_size); a directory must hold train.<ext> and test.<ext>, and may hold dev.<ext>.
-    source: str = "data/amazon-reviews/kitchen.jsonl"
+    # A path, or a mapping {path, format, text_field, label_field, label_map} (DomainConfig) for a file of its own.
+    source: str | DomainConfig = "data/amazon-reviews/kitchen.jsonl"
     # The domain we adapt to: its train part is used *without labels* (adaptation methods), its test
-    # part is the final test set and is never seen in training. May equal `source`.
-    target: str = "data/amazon-reviews/kitchen.jsonl"
+    # part is the final test set and is never seen in training. May equal `source`. A path or a mapping.
+    target: str | DomainConfig = "data/amazon-reviews/kitchen.jsonl"
+    # More unlabeled target-domain text for the adaptation methods, after the target's train part (whose labels are
+    # never read): JSONL or CSV files, or plain text (.txt, one text per line). Each item is a path (texts in the
+    # target's text field) or {path: ..., text_field: ...}. Logged production traffic is exactly this. Copies of
+    # test texts and texts already in the corpus are dropped with a warning that counts them.
+    unlabeled: list = field(default_factory=list)
     # jsonl | csv | conll; null = from the file extension (.jsonl/.json, .csv, .txt/.conll).
     format: Literal["jsonl", "csv", "conll"] | None = None
     text_field: str = "text"  # jsonl/csv column holding the text
@@ -85,17 +104,20 @@ class DaptConfig:
 class DannConfig:
     # dann: a domain classifier on the [CLS] representation behind a gradient reversal layer. The reversal
     # weight rises from 0 to `weight` as 2/(1+exp(-gamma*p))-1 over training progress p (Ganin et al. 2016).
-    weight: float = 0.1
+    # Pretrained encoders need it capped low: at 0.1 with an MLP discriminator it collapsed books -> kitchen.
+    weight: float = 0.03
     gamma: float = 10.0
-    hidden: int = 256  # domain classifier hidden units
+    hidden: int = 0  # 0 = a dropout-only discriminator (dropout, then one linear layer); > 0 = an MLP this wide
 
 
 @dataclass
 class UdalmConfig:
-    # udalm: source task loss + mlm_weight * masked-LM loss on an unlabeled target batch, in the same steps.
-    # The masked-LM head starts untrained (the default model has none), so its early loss (~10 nats) and
-    # gradients are large: at weight 1.0 they swamped the task on books -> kitchen (0.63 vs 0.81 source-only).
-    mlm_weight: float = 0.1
+    # udalm (Karouzos et al. 2021), as the authors' code runs it: DAPT on the target text first (method.dapt.*),
+    # then every labelled source batch is followed by `target_batches` masked-LM batches of target text, each batch
+    # weighing the same, so the masked-LM share of the loss is target_batches / (1 + target_batches); the masked-LM
+    # head trained by DAPT carries on.
+    target_batches: int | None = None  # null = the sample ratio unlabeled / labelled texts, rounded, in [1, 8]
+    learning_rate: float = 1e-5  # the objective's learning rate (the authors' 1e-5), instead of train.learning_rate
     mlm_probability: float = 0.15
 
 
@@ -105,30 +127,54 @@ class FgmConfig:
     epsilon: float = 1.0
 
 
-# The training objectives; "dapt+<objective>" runs domain-adaptive pre-training first (e.g. dapt+dann).
+@dataclass
+class SelfTrainConfig:
+    # <method>+self-train: the trained model (or `teacher`) labels the target's unlabeled text; per class, its most
+    # confident predictions join the labelled source data, and a fresh student (full fine-tuning from the same
+    # starting weights) trains on both. Text classification only. The teacher's test score goes to metrics.json.
+    teacher: str | None = None  # a checkpoint directory that labels instead of one trained first (e.g. source-only)
+    rounds: int = 1  # each round's student is the next round's teacher
+    # Per class c, at most top_fraction * (unlabeled texts) * (c's share of the source labels) of the texts predicted
+    # as c, the most confident first: class-balanced as the source is, whatever the teacher's bias on the target.
+    top_fraction: float = 0.5
+    threshold: float = 0.0  # and only predictions with at least this probability
+    # soft: the teacher's probabilities are the targets (distillation); hard: its argmax is
+    labels: Literal["soft", "hard"] = "soft"
+    temperature: float = 1.0  # soft labels: softmax(teacher logits / temperature); < 1 sharpens them
+    weight: float = 1.0  # loss weight of a pseudo-labelled text relative to a labelled one
+
+
+# The training objectives. method.name = [dapt+]<objective>[+self-train]: dapt runs domain-adaptive pre-training
+# first, self-train adds self-training rounds after it; dapt alone = dapt+full, self-train alone = full+self-train.
 OBJECTIVES = ("full", "lora", "dann", "udalm", "fgm")
+SELF_TRAIN = "self-train"
 
 
 @dataclass
 class MethodConfig:
     # full: every weight trains. lora: low-rank adapters through peft, merged into the saved checkpoint.
     # dann / udalm / fgm: domain-adversarial, masked-LM-on-target, embedding-adversarial objectives (full
-    # fine-tuning of every weight). dapt alone = dapt+full. See finetune/methods/.
+    # fine-tuning of every weight). See finetune/methods/ and docs/domain-adaptation.md.
     name: str = "full"
     lora: LoraConfig = field(default_factory=LoraConfig)
     dapt: DaptConfig = field(default_factory=DaptConfig)
     dann: DannConfig = field(default_factory=DannConfig)
     udalm: UdalmConfig = field(default_factory=UdalmConfig)
     fgm: FgmConfig = field(default_factory=FgmConfig)
+    self_train: SelfTrainConfig = field(default_factory=SelfTrainConfig)
 
     @property
     def uses_dapt(self) -> bool:
-        return self.name.split("+")[0] == "dapt"
+        return self.name.split("+")[0] == "dapt" or self.objective == "udalm"  # UDALM starts from DAPT
+
+    @property
+    def self_training(self) -> bool:
+        return self.name.split("+")[-1] == SELF_TRAIN
 
     @property
     def objective(self) -> str:
-        parts = self.name.split("+")
-        return parts[-1] if parts != ["dapt"] else "full"
+        parts = [p for p in self.name.split("+") if p not in ("dapt", SELF_TRAIN)]
+        return parts[0] if parts else "full"
 
 
 @dataclass
@@ -324,6 +370,14 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Jo
     return cfg
 
 
+def config_from_dict(raw: dict, origin: str) -> JobConfig:
+    """A config recorded in a manifest, read back through the schema: keys added since it was written take their
+    defaults (what the run used before they existed); a key since removed is a ConfigError."""
+    cfg = _build(JobConfig, raw, prefix="", origin=origin)
+    _check(cfg)
+    return cfg
+
+
 def _build(cls, raw: dict, prefix: str, origin: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: {prefix.rstrip('.') or 'top level'} must be a mapping")
@@ -336,6 +390,10 @@ def _build(cls, raw: dict, prefix: str, origin: str):
             hint = f" Did you mean {prefix}{near[0]}?" if near else f" Valid keys: {', '.join(names)}."
             raise ConfigError(f"{origin}: unknown config key {prefix}{key}.{hint}")
         kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}", origin)
+    for f in dataclasses.fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and f.name not in kwargs:
+            raise ConfigError(f"{origin}: {prefix.rstrip('.')} needs the key {prefix}{f.name}")
     return cls(**kwargs)
 
 
@@ -364,6 +422,10 @@ def _coerce(hint, value, key: str, origin: str):
     if hint is list:
         if not isinstance(value, list):
             raise ConfigError(f"{origin}: {key} must be a list, got {value!r}")
+        return value
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{origin}: {key} must be a mapping, e.g. {{0: negative, 1: positive}}, got {value!r}")
         return value
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -413,16 +475,29 @@ def _check(cfg: JobConfig) -> None:
 def _check_method(cfg: JobConfig) -> None:
     m = cfg.method
     parts = m.name.split("+")
-    valid = (len(parts) == 1 and parts[0] in (*OBJECTIVES, "dapt")) or (
-        len(parts) == 2 and parts[0] == "dapt" and parts[1] in OBJECTIVES
-    )
-    if not valid:
+    middle = parts[int(parts[0] == "dapt") : len(parts) - int(parts[-1] == SELF_TRAIN)]
+    if not parts[0] or len(middle) > 1 or (middle and middle[0] not in OBJECTIVES):
         raise ConfigError(
-            f"method.name is {m.name!r}; choose one of {', '.join(OBJECTIVES)}, dapt, "
-            "or dapt+<one of those> (domain-adaptive pre-training first, e.g. dapt+dann)"
+            f"method.name is {m.name!r}; choose one of {', '.join(OBJECTIVES)}, dapt, or dapt+<one of those> "
+            "(domain-adaptive pre-training first, e.g. dapt+dann), optionally followed by +self-train "
+            "(e.g. self-train, dapt+self-train)"
         )
+    if m.udalm.target_batches is not None and m.udalm.target_batches < 1:
+        raise ConfigError("method.udalm.target_batches must be >= 1, or null for the sample ratio")
+    if m.dann.weight < 0 or m.dann.hidden < 0:
+        raise ConfigError("method.dann.weight and method.dann.hidden must be >= 0")
     if not 0 < m.dapt.mlm_probability < 1 or not 0 < m.udalm.mlm_probability < 1:
         raise ConfigError("method.dapt.mlm_probability and method.udalm.mlm_probability must be in (0, 1)")
+    st = m.self_train
+    if m.self_training:
+        if cfg.data.task != "text-classification":
+            raise ConfigError("self-train works on text classification only (method.name ...+self-train)")
+        if st.rounds < 1 or not 0 < st.top_fraction <= 1 or not 0 <= st.threshold < 1:
+            raise ConfigError("method.self_train: rounds >= 1, top_fraction in (0, 1], threshold in [0, 1)")
+        if st.temperature <= 0 or st.weight <= 0:
+            raise ConfigError("method.self_train.temperature and weight must be positive")
+    elif st.teacher:
+        raise ConfigError("method.self_train.teacher is set but method.name does not end in +self-train")
 
 
 def _check_serve(s: ServeConfig) -> None:

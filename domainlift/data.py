@@ -8,7 +8,9 @@ Domain protocol (Blitzer et al. 2007 splits, as used for the Amazon reviews):
   source == target -> dev is carved out of the train part, the test set stays untouched.
 A directory domain (CrossNER) brings its own train.<ext> / dev.<ext> / test.<ext>.
 
-Every record carries `text` + `label` (classification) or `tokens` + `tags` (NER).
+Each domain may bring its own file layout (format, text/label columns, a map of its labels onto the source's
+label names); the target's unlabeled text can be extended with files of unlabeled text (data.unlabeled).
+Every record carries `text` + `label` (classification) or `tokens` + `tags` (NER); unlabeled rows only the text.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import datasets
 
-from domainlift.config import DataConfig
+from domainlift.config import DataConfig, DomainConfig
 from domainlift.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ class Splits:
     train: datasets.Dataset  # labelled source training data
     dev: datasets.Dataset  # labelled, for early stopping and model selection
     test: datasets.Dataset  # labelled target test data, never trained on
-    unlabeled: datasets.Dataset  # target-domain inputs without labels (for adaptation methods)
+    unlabeled: datasets.Dataset  # target-domain inputs without labels: its train part, then data.unlabeled
     labels: list[str]  # class names, or BIO tags for NER
 
 
@@ -53,15 +55,33 @@ def detect_format(path: Path, fmt: str | None) -> str:
     )
 
 
-def read_labelled(path: Path, cfg: DataConfig) -> datasets.Dataset:
-    """One labelled file as a Dataset with text/label (classification) or tokens/tags (NER)."""
+def layout(domain: str | DomainConfig, cfg: DataConfig) -> DomainConfig:
+    """A domain with every layout field filled: its own where its mapping sets one, else the data section's."""
+    d = domain if isinstance(domain, DomainConfig) else DomainConfig(path=str(domain))
+    return DomainConfig(
+        path=d.path,
+        format=d.format or cfg.format,
+        text_field=d.text_field or cfg.text_field,
+        label_field=d.label_field or cfg.label_field,
+        label_map={str(k): str(v) for k, v in d.label_map.items()} if d.label_map else None,
+    )
+
+
+def domain_path(domain: str | DomainConfig) -> str:
+    return domain.path if isinstance(domain, DomainConfig) else str(domain)
+
+
+def read_labelled(path: Path, cfg: DataConfig, domain: DomainConfig | None = None) -> datasets.Dataset:
+    """One labelled file as a Dataset with text/label (classification) or tokens/tags (NER); `domain` is the
+    layout of the domain the file belongs to (default: the data section's)."""
     path = Path(path)
+    d = domain or layout(str(path), cfg)
     if not path.is_file():
         raise DataError(
             f"data file {path} does not exist; check data.source / data.target in the config "
             "(paths are relative to the directory you run from)"
         )
-    fmt = detect_format(path, cfg.format)
+    fmt = detect_format(path, d.format)
     if cfg.task == "token-classification":
         if fmt != "conll":
             raise DataError(
@@ -71,19 +91,25 @@ def read_labelled(path: Path, cfg: DataConfig) -> datasets.Dataset:
         return read_conll(path)
     if fmt == "conll":
         raise DataError(f"{path}: CoNLL files are for token-classification; set data.task or data.format")
-    return _read_table(path, fmt, cfg.text_field, cfg.label_field)
+    return _read_table(path, fmt, d)
 
 
-def _read_table(path: Path, fmt: str, text_field: str, label_field: str) -> datasets.Dataset:
+def _load_table(path: Path, fmt: str) -> datasets.Dataset:
     try:
-        ds = datasets.load_dataset("json" if fmt == "jsonl" else "csv", data_files=str(path), split="train")
+        return datasets.load_dataset("json" if fmt == "jsonl" else "csv", data_files=str(path), split="train")
     except Exception as e:  # datasets' own error does not say which line is broken
         raise DataError(f"{path}: could not be read as {fmt}: {_first_bad_line(path, fmt) or e}") from e
-    for field, key in ((text_field, "data.text_field"), (label_field, "data.label_field")):
+
+
+def _read_table(path: Path, fmt: str, d: DomainConfig) -> datasets.Dataset:
+    text_field, label_field = d.text_field, d.label_field
+    ds = _load_table(path, fmt)
+    for field, key in ((text_field, "text_field"), (label_field, "label_field")):
         if field not in ds.column_names:
             raise DataError(
                 f"{path} has no column {field!r} (columns: {', '.join(ds.column_names)}); "
-                f"set {key} to the column that holds it"
+                f"set data.{key} to the column that holds it (or, for this domain alone, "
+                f"data.source / data.target: {{path: {path}, {key}: <column>}})"
             )
     ds = ds.select_columns([text_field, label_field])
     ds = (
@@ -104,7 +130,53 @@ def _read_table(path: Path, fmt: str, text_field: str, label_field: str) -> data
     if len(ds) == 0:
         raise DataError(f"{path}: no rows with text in column {text_field!r}")
     # Labels are class names; integers in a CSV become their string form so one label space fits all files.
-    return ds.cast_column("label", datasets.Value("string"))
+    ds = ds.cast_column("label", datasets.Value("string"))
+    if d.label_map:
+        label_map = d.label_map
+        ds = ds.map(lambda r: {"label": label_map.get(r["label"], r["label"])}, desc=f"label_map {path.name}")
+    return ds
+
+
+def read_unlabeled(items: list, d: DomainConfig, task: str) -> datasets.Dataset:
+    """data.unlabeled: the texts of JSONL/CSV files or plain text files (.txt, one text per line), in order, as rows
+    of `text` (or `tokens`, the text split on whitespace, for NER). An item is a path (its texts are in the target's
+    text field, d.text_field) or a mapping {path, text_field} for a file with a column of its own."""
+    texts: list[str] = []
+    for item in items:
+        if isinstance(item, dict):
+            unknown = set(item) - {"path", "text_field"}
+            if "path" not in item or unknown:
+                raise DataError(f"data.unlabeled: {item} must be a path or a mapping {{path: ..., text_field: ...}}")
+            p, field = Path(item["path"]), item.get("text_field") or d.text_field
+        else:
+            p, field = Path(item), d.text_field
+        if not p.is_file():
+            raise DataError(f"data.unlabeled: {p} does not exist (paths are relative to the directory you run from)")
+        suffix = p.suffix.lower()
+        if suffix not in (".jsonl", ".json", ".csv", ".txt"):
+            raise DataError(f"data.unlabeled: {p} is neither .jsonl, .csv nor .txt (plain text, one text per line)")
+        if not p.read_text(encoding="utf-8", errors="replace").strip():
+            raise DataError(f"data.unlabeled: {p} is empty; fill it or remove it from data.unlabeled")
+        if suffix == ".txt":
+            found = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+        else:
+            ds = _load_table(p, "csv" if suffix == ".csv" else "jsonl")
+            if field not in ds.column_names:
+                raise DataError(
+                    f"data.unlabeled: {p} has no column {field!r} (columns: {', '.join(ds.column_names)}); "
+                    f"name its column: data.unlabeled: [{{path: {p}, text_field: <column>}}]"
+                )
+            found = [t.strip() if isinstance(t, str) else "" for t in ds[field]]
+        kept = [t for t in found if t]
+        if len(kept) < len(found):
+            log.warning("data.unlabeled: %s: dropped %d of %d empty texts", p, len(found) - len(kept), len(found))
+        if not kept:
+            raise DataError(f"data.unlabeled: {p} holds no text; fill it or remove it from data.unlabeled")
+        texts += kept
+    if task == "token-classification":
+        features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string"))})
+        return datasets.Dataset.from_dict({"tokens": [t.split() for t in texts]}, features=features)
+    return datasets.Dataset.from_dict({"text": texts}, features=datasets.Features({"text": datasets.Value("string")}))
 
 
 def _first_bad_line(path: Path, fmt: str) -> str | None:
@@ -155,15 +227,16 @@ def read_conll(path: Path) -> datasets.Dataset:
 # ---- the domain protocol ---------------------------------------------------------------------------
 
 
-def load_domain(path: str, cfg: DataConfig) -> dict[str, datasets.Dataset]:
+def load_domain(domain: str | DomainConfig, cfg: DataConfig) -> dict[str, datasets.Dataset]:
     """{'train', 'test'[, 'dev']} for one domain: a directory's own files, or a seeded split of one file."""
-    p = Path(path)
+    d = layout(domain, cfg)
+    p = Path(d.path)
     if p.is_dir():
         found = {}
         for split in ("train", "dev", "test"):
             files = sorted(f for f in p.glob(f"{split}.*") if f.suffix.lower() in _EXTENSIONS)
             if files:
-                found[split] = read_labelled(files[0], cfg)
+                found[split] = read_labelled(files[0], cfg, d)
         for split in ("train", "test"):
             if split not in found:
                 raise DataError(
@@ -171,7 +244,7 @@ def load_domain(path: str, cfg: DataConfig) -> dict[str, datasets.Dataset]:
                     "a directory domain needs train and test files (dev optional)"
                 )
         return found
-    ds = read_labelled(p, cfg)
+    ds = read_labelled(p, cfg, d)
     parts = _split(ds, cfg.test_size, cfg, what=f"data.test_size for {p}")
     return {"train": parts["train"], "test": parts["test"]}
 
@@ -205,14 +278,14 @@ def _split(ds: datasets.Dataset, size, cfg: DataConfig, what: str) -> datasets.D
 
 def build_splits(cfg: DataConfig) -> Splits:
     source = load_domain(cfg.source, cfg)
-    same = Path(cfg.source).resolve() == Path(cfg.target).resolve()
+    same = Path(domain_path(cfg.source)).resolve() == Path(domain_path(cfg.target)).resolve()
     target = source if same else load_domain(cfg.target, cfg)
 
     train = source["train"]
     if "dev" in source:
         dev = source["dev"]
     elif same:  # carve dev out of train so the test set stays untouched
-        parts = _split(train, cfg.dev_size, cfg, what=f"data.dev_size for {cfg.source}")
+        parts = _split(train, cfg.dev_size, cfg, what=f"data.dev_size for {domain_path(cfg.source)}")
         train, dev = parts["train"], parts["test"]
     else:
         dev = source["test"]
@@ -231,6 +304,8 @@ def build_splits(cfg: DataConfig) -> Splits:
         train = datasets.concatenate_datasets([train, few])
         log.info("few-shot: %d labelled target examples added to %d source examples", len(few), len(train) - len(few))
     unlabeled = target_train.remove_columns([c for c in ("label", "tags") if c in target_train.column_names])
+    if cfg.unlabeled:
+        unlabeled = _add_unlabeled(unlabeled, read_unlabeled(cfg.unlabeled, layout(cfg.target, cfg), cfg.task), test)
 
     train = cap(train, cfg.max_train_samples, cfg.seed)
     if cfg.augment != "none":
@@ -261,6 +336,24 @@ def augment(ds: datasets.Dataset, how: str, prob: float, copies: int, seed: int)
     extra = datasets.Dataset.from_list(rows, features=ds.features)
     log.info("augment (%s, p=%s): %d altered copies added to %d training texts", how, prob, len(extra), len(ds))
     return datasets.concatenate_datasets([ds, extra])
+
+
+def _add_unlabeled(unlabeled: datasets.Dataset, extra: datasets.Dataset, test: datasets.Dataset) -> datasets.Dataset:
+    """The target's unlabeled train texts, then the data.unlabeled texts that are neither a test text (that would
+    leak the test set into adaptation) nor already in the corpus; each drop is counted in a warning."""
+    extra = _drop_overlap(extra, test, "data.unlabeled")
+    seen = {_key(r) for r in unlabeled}
+    keep = []
+    for i, row in enumerate(extra):
+        key = _key(row)
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    if len(keep) < len(extra):
+        log.warning("data.unlabeled: dropped %d texts already in the unlabeled corpus", len(extra) - len(keep))
+    extra = extra.select(keep).cast(unlabeled.features)
+    log.info("unlabeled target text: %d of the target's train part + %d of data.unlabeled", len(unlabeled), len(extra))
+    return datasets.concatenate_datasets([unlabeled, extra])
 
 
 def _key(row: dict) -> str:
@@ -299,8 +392,10 @@ def check_labels_seen(labels: list[str], splits: dict[str, datasets.Dataset], cf
         seen = set(ds["label"]) if cfg.task == "text-classification" else {t for tags in ds["tags"] for t in tags}
         unseen = sorted(seen - known)
         if unseen:
-            where = cfg.target if name == "test" else cfg.source
+            where = domain_path(cfg.target if name == "test" else cfg.source)
             raise DataError(
                 f"{where}: the {name} set has labels never seen in training: {', '.join(unseen)}. "
-                "Add training examples with these labels, or remove them from the evaluation data"
+                "Add training examples with these labels, remove them from the evaluation data, or map this "
+                f"domain's labels onto the training labels ({', '.join(labels)}) with a label_map, e.g. "
+                "data.target: {path: ..., label_map: {0: negative, 1: positive}}"
             )

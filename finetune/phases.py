@@ -12,9 +12,11 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import datasets
+from safetensors.torch import save_file
 from transformers import AutoModel, AutoModelForMaskedLM, DataCollatorForLanguageModeling, Trainer
 
 from domainlift import data as data_mod
@@ -23,6 +25,8 @@ from domainlift.config import JobConfig
 from domainlift.errors import DataError
 from domainlift.training import training_args
 from finetune import trainer as trainer_mod
+
+MLM_HEAD = "mlm_head.safetensors"  # beside a DAPT encoder: its trained masked-LM head
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +45,34 @@ def dapt(cfg: JobConfig, base: Path, tokenizer, unlabeled: datasets.Dataset, run
     """Domain-adaptive pre-training (Gururangan et al. 2020): masked-LM training on `unlabeled`.
 
     The default model ships without a masked-LM head: a new one is initialised, and the log says so. The encoder
-    keeps the base model's pooler (masked-LM training does not use it), so the task head starts as it would have."""
+    keeps the base model's pooler (masked-LM training does not use it), so the task head starts as it would have;
+    the trained masked-LM head is kept beside it (MLM_HEAD), for objectives that go on with it (udalm).
+    The result goes to <output_dir>/dapt-cache/<key>/ and every job with the same inputs reuses it."""
     c = cfg.method.dapt
-    out = run_dir / "dapt"
-    encoder_dir = out / "encoder"
     if len(unlabeled) == 0:
         raise DataError(
             "dapt needs unlabeled target text, but the target's train part is empty: "
             "set data.target to a domain with more rows than data.test_size"
         )
-    texts = tasks.encode_texts(data_mod.cap(unlabeled, c.max_samples, cfg.data.seed), tokenizer, cfg.model.max_length)
+    corpus = data_mod.cap(unlabeled, c.max_samples, cfg.data.seed)
+    parent = manifest.parent_info(base)
+    key = _key(
+        start=parent["sha256"],
+        corpus=hashlib.sha256("\x1e".join(tasks.texts_of(corpus)).encode()).hexdigest(),
+        dapt=dataclasses.asdict(c),
+        train=_train_settings(cfg),
+        max_length=cfg.model.max_length,
+    )
+    encoder_dir = Path(cfg.output_dir) / "dapt-cache" / key
+    if (encoder_dir / manifest.MANIFEST).is_file():
+        manifest.verify(encoder_dir)
+        log.info("dapt: reusing the encoder adapted with the same inputs, %s", encoder_dir)
+        return encoder_dir
+    texts = tasks.encode_texts(corpus, tokenizer, cfg.model.max_length)
     model, info = AutoModelForMaskedLM.from_pretrained(base, output_loading_info=True)
-    if any(k.startswith("cls.") for k in info["missing_keys"]):
+    if any(not k.startswith(model.base_model_prefix) for k in info["missing_keys"]):
         log.info("dapt: %s has no masked-LM head; a new one is initialised (decoder tied to the embeddings)", base)
+    out = run_dir / "dapt"
     args = training_args(cfg.train, out, epochs=c.epochs, learning_rate=c.learning_rate, select=False)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=c.mlm_probability)
     trainer = Trainer(model=model, args=args, train_dataset=texts, data_collator=collator)
@@ -65,26 +84,53 @@ def dapt(cfg: JobConfig, base: Path, tokenizer, unlabeled: datasets.Dataset, run
         missing, _ = encoder.load_state_dict(trainer.model.base_model.state_dict(), strict=False)
         if any(not k.startswith("pooler.") for k in missing):
             raise RuntimeError(f"dapt: the adapted encoder lacks weights the base has: {missing}")
+        head = {k: v.detach().clone().contiguous() for k, v in mlm_head_of(trainer.model).state_dict().items()}
         with manifest.atomic_dir(encoder_dir, overwrite=True) as tmp:
             encoder.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            save_file(head, tmp / MLM_HEAD)
+            manifest.write(
+                tmp,
+                kind="dapt-encoder",
+                config=cfg.to_dict(),
+                parent=parent,
+                quality={"mlm_train_loss": result.training_loss, "texts": len(texts)},
+                producer="finetune.dapt",
+                key=key,
+            )
     trainer.accelerator.wait_for_everyone()
+    shutil.rmtree(out, ignore_errors=True)  # its TensorBoard log went with it; the loss is in the manifest
     return encoder_dir
+
+
+def mlm_head_of(masked_lm_model):
+    """The masked-LM head of an AutoModelForMaskedLM (BERT: `cls`; RoBERTa: `lm_head`): its child that is not the
+    encoder."""
+    prefix = masked_lm_model.base_model_prefix
+    return next(module for name, module in masked_lm_model.named_children() if name != prefix)
+
+
+def _train_settings(cfg: JobConfig) -> dict:
+    """The train: settings a phase reads besides its own epochs and learning rate."""
+    return {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in ("epochs", "learning_rate")}
+
+
+def _key(**inputs) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def pretrain_key(cfg: JobConfig, start_sha256: str) -> str:
     """What the pre-trained encoder depends on: the starting weights, the pre-training data and every setting
     the phase reads. Jobs with the same key (e.g. one CoNLL pre-training for several CrossNER domains) share it."""
-    inputs = {
-        "start": start_sha256,
-        "data": manifest.parent_info(Path(cfg.pretrain.data))["sha256"],
-        "pretrain": dataclasses.asdict(cfg.pretrain),
-        "train": {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in ("epochs", "learning_rate")},
-        "task": cfg.data.task,
-        "max_length": cfg.model.max_length,
-        "samples": [cfg.data.seed, cfg.data.max_train_samples, cfg.data.max_eval_samples],
-    }
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return _key(
+        start=start_sha256,
+        data=manifest.parent_info(Path(cfg.pretrain.data))["sha256"],
+        pretrain=dataclasses.asdict(cfg.pretrain),
+        train=_train_settings(cfg),
+        task=cfg.data.task,
+        max_length=cfg.model.max_length,
+        samples=[cfg.data.seed, cfg.data.max_train_samples, cfg.data.max_eval_samples],
+    )
 
 
 def pretrain(cfg: JobConfig, base: Path, tokenizer, run_dir: Path, resume: bool) -> Path:

@@ -1,4 +1,4 @@
-"""The fine-tuning recipe, in five steps: setup -> phases (dapt, pretrain) -> train -> evaluate -> save.
+"""The fine-tuning recipe: setup -> phases (dapt, pretrain) -> train -> [self-train rounds] -> evaluate -> save.
 
     python -m finetune --config configs/sentiment-kitchen.yaml [train.epochs=1 ...] [--resume] [--overwrite]
 
@@ -32,6 +32,7 @@ from domainlift.errors import ArtifactExistsError, ConfigError
 from domainlift.training import training_args
 from finetune import methods, phases
 from finetune import trainer as trainer_mod
+from finetune.methods import self_train as self_train_mod
 
 log = logging.getLogger("finetune")
 CHECKPOINT = "checkpoint"
@@ -48,21 +49,36 @@ class Job:
     method: ModuleType  # the objective's module in finetune/methods
     splits: data_mod.Splits
     tokenizer: object
+    encoded: dict  # the train / dev / test splits tokenized
     checkpoint_dir: Path
     run_dir: Path
     resume: bool  # continue killed phases from their saved states
     resume_from: str | None  # the main phase's saved Trainer state to continue, or None
+    teacher: object | None  # self-training from a given checkpoint (method.self_train.teacher): its model
+
+
+@dataclass
+class Trained:
+    """A finished training run: its Trainer (the best dev model loaded back), the method module that trained it,
+    and what it cost."""
+
+    trainer: Trainer
+    method: ModuleType
+    cost: dict  # train_runtime_s, train_samples_per_second, train_samples
 
 
 def run(cfg: JobConfig, resume: bool = False, overwrite: bool = False) -> Path | None:
     """Fine-tune per cfg; return the checkpoint directory (None on non-main processes)."""
     job = setup(cfg, resume or cfg.train.resume, overwrite)
     start = phases.run(cfg, job.base, job.tokenizer, job.splits.unlabeled, job.run_dir, job.resume)
-    trainer, encoded, cost = train(job, start)
-    results = evaluate(job, trainer, encoded, cost)
-    if not trainer.is_world_process_zero():
+    trained = None if job.teacher else train(job, start, job.method, job.encoded["train"], job.run_dir)
+    teaching = {}
+    if cfg.method.self_training:
+        trained, teaching = self_train(job, start, trained)
+    results = {**evaluate(job, trained), **teaching}
+    if not trained.trainer.is_world_process_zero():
         return None
-    return save(job, trainer, results, overwrite)
+    return save(job, trained, results, overwrite)
 
 
 def setup(cfg: JobConfig, resume: bool, overwrite: bool) -> Job:
@@ -78,11 +94,18 @@ def setup(cfg: JobConfig, resume: bool, overwrite: bool) -> Job:
     check_model_dir(base)
     method = methods.get(cfg.method.objective)
     splits = data_mod.build_splits(cfg.data)
+    teacher = None
+    if cfg.method.self_training and cfg.method.self_train.teacher:
+        teacher = load_teacher(cfg.method.self_train.teacher, splits.labels)
     resume_from = _resume_point(run_dir, resume, overwrite)
     if overwrite and not resume and run_dir.exists():
         shutil.rmtree(run_dir)
     transformers.set_seed(cfg.train.seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
+    encoded = {
+        name: tasks.tokenize(getattr(splits, name), tokenizer, splits.labels, cfg.model.max_length, cfg.data.task, name)
+        for name in ("train", "dev", "test")
+    }
     log.info(
         "job %s: %s, method %s, %d train / %d dev / %d test, %d labels, model %s",
         cfg.job,
@@ -94,36 +117,91 @@ def setup(cfg: JobConfig, resume: bool, overwrite: bool) -> Job:
         len(splits.labels),
         base,
     )
-    return Job(cfg, base, method, splits, tokenizer, checkpoint_dir, run_dir, resume, resume_from)
+    return Job(cfg, base, method, splits, tokenizer, encoded, checkpoint_dir, run_dir, resume, resume_from, teacher)
 
 
-def train(job: Job, start: Path) -> tuple[Trainer, dict, dict]:
-    """The objective on the labelled training data, starting from `start`; the best dev model is loaded back.
-    Returns the trainer, the tokenized splits, and the training's wall time and throughput."""
+def train(job: Job, start: Path, method: ModuleType, train_set, out: Path) -> Trained:
+    """`method` on the tokenized `train_set`, starting from `start`, Trainer state in `out`; model selection on the
+    source dev set (the best dev model is loaded back)."""
     cfg, task, labels = job.cfg, job.cfg.data.task, job.splits.labels
-    encoded = {
-        name: tasks.tokenize(getattr(job.splits, name), job.tokenizer, labels, cfg.model.max_length, task, name)
-        for name in ("train", "dev", "test")
-    }
-    model = job.method.prepare(trainer_mod.task_model(task, start, labels), cfg, task)
+    model = method.prepare(trainer_mod.task_model(task, start, labels), cfg, task)
     t = cfg.train
-    args = training_args(t, job.run_dir, epochs=t.epochs, learning_rate=t.learning_rate, select=True)
+    lr = method.learning_rate(cfg) if hasattr(method, "learning_rate") else t.learning_rate  # udalm has its own
+    args = training_args(t, out, epochs=t.epochs, learning_rate=lr, select=True)
     trainer = trainer_mod.build(
-        cfg, model, job.tokenizer, args, encoded["train"], encoded["dev"], labels, job.method, job.splits.unlabeled
+        cfg, model, job.tokenizer, args, train_set, job.encoded["dev"], labels, method, job.splits.unlabeled
     )
     t0 = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=job.resume_from)
+    resumed = job.resume_from if out == job.run_dir else None  # self-training students start over
+    result = trainer.train(resume_from_checkpoint=resumed)
+    trainer.remove_callback(EarlyStoppingCallback)  # it only reads the in-training eval_* metrics
     cost = {
         "train_runtime_s": round(time.perf_counter() - t0, 2),
-        "train_samples_per_second": round(out.metrics.get("train_samples_per_second", 0.0), 3),
+        "train_samples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 3),
+        "train_samples": len(train_set),
     }
-    return trainer, encoded, cost
+    return Trained(trainer, method, cost)
 
 
-def evaluate(job: Job, trainer: Trainer, encoded: dict, cost: dict) -> dict:
+def self_train(job: Job, start: Path, trained: Trained | None) -> tuple[Trained, dict]:
+    """Rounds of: the teacher labels the target's unlabeled text; a fresh student trains on the labelled source
+    data plus the confident pseudo-labels and becomes the next teacher. The first teacher is the model just
+    trained, or method.self_train.teacher. Returns the last student and a record of the teaching."""
+    c, labels, max_length = job.cfg.method.self_train, job.splits.labels, job.cfg.model.max_length
+    if trained is None:
+        teacher, teacher_test = job.teacher, _recorded_test(Path(c.teacher))
+        spent = 0.0
+    else:
+        teacher = trained.trainer.model
+        teacher_test = trainer_mod.strip(
+            trained.trainer.predict(job.encoded["test"], metric_key_prefix="t").metrics, "t"
+        )
+        spent = trained.cost["train_runtime_s"]
+    texts = tasks.texts_of(job.splits.unlabeled)
+    source_labels = list(job.splits.train["label"])
+    record = {"teacher": c.teacher or job.cfg.method.objective, "teacher_target_test": teacher_test, "rounds": []}
+    for r in range(1, c.rounds + 1):
+        t0 = time.perf_counter()
+        logits = self_train_mod.predict_logits(teacher, job.tokenizer, texts, max_length)
+        pseudo, info = self_train_mod.pseudo_labelled(logits, texts, labels, source_labels, c)
+        data = self_train_mod.student_data(
+            job.encoded["train"], pseudo, job.tokenizer, labels, job.cfg.model.max_length
+        )
+        labelling_s = time.perf_counter() - t0
+        log.info("self-train round %d of %d: a student on %d labelled + %d pseudo-labelled texts", r, c.rounds,
+                 len(job.encoded["train"]), len(pseudo))  # fmt: skip
+        trained = train(job, start, self_train_mod, data, job.run_dir / f"self-train-{r}")
+        spent += labelling_s + trained.cost["train_runtime_s"]
+        record["rounds"].append({**info, "labelling_s": round(labelling_s, 1)})
+        teacher = trained.trainer.model
+    trained.cost["train_runtime_s"] = round(spent, 2)  # the teacher (when trained here), labelling and students
+    return trained, record
+
+
+def load_teacher(path: str, labels: list[str]):
+    """A checkpoint to label with: verified, and predicting this job's labels."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ConfigError(f"method.self_train.teacher {root} does not exist; point it at a checkpoint directory")
+    manifest.verify(root)
+    config = json.loads((root / "config.json").read_text())
+    theirs = [config.get("id2label", {}).get(str(i)) for i in range(len(config.get("id2label", {})))]
+    if theirs != labels:
+        raise ConfigError(
+            f"method.self_train.teacher {root} predicts the labels {theirs}, but this job's are {labels}: "
+            "point it at a checkpoint fine-tuned for this task"
+        )
+    return tasks.model_class("text-classification").from_pretrained(root)
+
+
+def _recorded_test(root: Path) -> dict:
+    metrics_file = root / "metrics.json"
+    return json.loads(metrics_file.read_text()).get("target_test", {}) if metrics_file.is_file() else {}
+
+
+def evaluate(job: Job, trained: Trained) -> dict:
     """Dev and target-test metrics of the kept model, and what the run cost."""
-    cfg, task, labels = job.cfg, job.cfg.data.task, job.splits.labels
-    trainer.remove_callback(EarlyStoppingCallback)  # it only reads the in-training eval_* metrics
+    cfg, task, labels, encoded, trainer = job.cfg, job.cfg.data.task, job.splits.labels, job.encoded, trained.trainer
     dev_metrics = trainer_mod.strip(trainer.evaluate(encoded["dev"], metric_key_prefix="dev"), "dev")
     test_pred = trainer.predict(encoded["test"], metric_key_prefix="test")
     test_metrics = trainer_mod.strip(test_pred.metrics, "test")
@@ -137,8 +215,7 @@ def evaluate(job: Job, trainer: Trainer, encoded: dict, cost: dict) -> dict:
         "labels": labels,
         "source_dev": dev_metrics,
         "target_test": test_metrics,
-        **cost,
-        "train_samples": len(encoded["train"]),
+        **trained.cost,
         "global_steps": trainer.state.global_step,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "peak_memory_mb": peak_memory_mb(),
@@ -146,8 +223,9 @@ def evaluate(job: Job, trainer: Trainer, encoded: dict, cost: dict) -> dict:
         "device": str(trainer.args.device),
         "precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32",
         "data": {
-            "source": cfg.data.source,
-            "target": cfg.data.target,
+            "source": data_mod.domain_path(cfg.data.source),
+            "target": data_mod.domain_path(cfg.data.target),
+            "unlabeled_files": list(cfg.data.unlabeled),
             "pretrain": cfg.pretrain.data,
             "train": len(job.splits.train),
             "dev": len(job.splits.dev),
@@ -157,11 +235,11 @@ def evaluate(job: Job, trainer: Trainer, encoded: dict, cost: dict) -> dict:
     }
 
 
-def save(job: Job, trainer: Trainer, results: dict, overwrite: bool) -> Path:
+def save(job: Job, trained: Trained, results: dict, overwrite: bool) -> Path:
     """The checkpoint artifact, atomically: model + tokenizer, metrics.json, manifest.json."""
     cfg, metric = job.cfg, results["main_metric"]
     with manifest.atomic_dir(job.checkpoint_dir, overwrite=overwrite) as tmp:
-        final = job.method.finalize(trainer.model, tmp)
+        final = trained.method.finalize(trained.trainer.model, tmp)
         final.save_pretrained(tmp, safe_serialization=True)
         job.tokenizer.save_pretrained(tmp)
         (tmp / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")

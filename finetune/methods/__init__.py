@@ -6,14 +6,18 @@
     Trainer (optional)                   a transformers.Trainer subclass with the method's loss; built with
                                          method_cfg=cfg.method (and target=, target_collator= when the
                                          module has target_collator(tokenizer, cfg): unlabeled target batches)
+    learning_rate(cfg) (optional)        the method's own learning rate instead of train.learning_rate
 
-`dapt` is not an objective but a phase before one (finetune/phases.py): method.name dapt+<objective>.
-Every method keeps the checkpoint contract, so export and serving never need to know which one ran.
+The objectives are full, lora, dann, udalm, fgm. `self_train` has the same shape and trains the students of
+`<objective>+self-train` (the rounds are a step of finetune/recipe.py). `dapt` is not an objective but a phase
+before one (finetune/phases.py): method.name dapt+<objective>. Every method keeps the checkpoint contract, so
+export and serving never need to know which one ran.
 """
 
-from finetune.methods import dann, fgm, full, lora, udalm
+from finetune.methods import dann, fgm, full, lora, self_train, udalm
 
 METHODS = {"full": full, "lora": lora, "dann": dann, "udalm": udalm, "fgm": fgm}
+__all__ = ["METHODS", "get", "self_train"]
 
 
 def get(objective: str):

@@ -39,9 +39,12 @@ def reversal_weight(progress: float, weight: float, gamma: float) -> float:
 def prepare(model, cfg, task: str):
     c = cfg.method.dann
     hidden = model.config.hidden_size
-    model.domain_classifier = nn.Sequential(
-        nn.Linear(hidden, c.hidden), nn.ReLU(), nn.Dropout(0.1), nn.Linear(c.hidden, 1)
-    )
+    if c.hidden:
+        model.domain_classifier = nn.Sequential(
+            nn.Linear(hidden, c.hidden), nn.ReLU(), nn.Dropout(0.1), nn.Linear(c.hidden, 1)
+        )
+    else:  # dropout-only: a linear discriminator cannot outrun the encoder and tear the features apart
+        model.domain_classifier = nn.Sequential(nn.Dropout(0.1), nn.Linear(hidden, 1))
     return model
 
 

@@ -24,6 +24,7 @@ class TargetTrainer(Trainer):
                 "this method trains on unlabeled target-domain text, but the target's train part is empty: "
                 "set data.target to a domain with more rows than data.test_size"
             )
+        self.target_dataset = target
         self._target_loader = DataLoader(
             target,
             batch_size=self.args.per_device_train_batch_size,
@@ -62,8 +63,12 @@ class TargetTrainer(Trainer):
         task_inputs = {**inputs, "output_hidden_states": True} if self.output_hidden_states else inputs
         task_loss, outputs = super().compute_loss(model, task_inputs, True, num_items_in_batch)
         target = self.target_batch(inputs["input_ids"].device)
-        loss = task_loss + self.target_loss(unwrap(model), outputs, target)
+        loss = self.task_weight() * task_loss + self.target_loss(unwrap(model), outputs, target)
         return (loss, outputs) if return_outputs else loss
+
+    def task_weight(self) -> float:
+        """The task loss's weight in the training loss (the method's own term is weighted by the method)."""
+        return 1.0
 
     def target_loss(self, model, outputs, target: dict):
         """The method's extra loss term on an unlabeled target batch (model unwrapped; outputs: the source's)."""

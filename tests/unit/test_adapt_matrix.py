@@ -1,6 +1,9 @@
 """make adapt-matrix on a tiny model: cells, seeds, paired wins, reuse of finished cells, bad arguments."""
 
 import json
+import statistics
+
+import pytest
 
 from benchmarks import adapt_matrix
 from domainlift import manifest
@@ -52,6 +55,14 @@ def test_the_adapt_matrix_runs_a_one_pair_slice_and_resumes(tmp_path, tiny_model
     assert dann["score"] == (dann["runs"][0]["score"] + dann["runs"][1]["score"]) / 2
     wins = sum(d["score"] > f["score"] for d, f in zip(dann["runs"], full["runs"]))
     assert report["runs_above_baseline"]["dann"] == wins
+    # The spread: each seed's mean over pairs, and the standard deviation of the paired gains.
+    assert report["seed_means"]["dann"] == {"7": dann["runs"][0]["score"], "42": dann["runs"][1]["score"]}
+    gains = [d["score"] - f["score"] for d, f in zip(dann["runs"], full["runs"])]
+    assert report["paired_gain_sd"]["dann"] == pytest.approx(statistics.stdev(gains))
+    assert (
+        f"{100 * report['gain_over_baseline']['dann']:+.2f} ± {100 * statistics.stdev(gains):.2f}"
+        in (tmp_path / "results.md").read_text()
+    )
     assert f"| {wins} of 2 |" in (tmp_path / "results.md").read_text()
     assert adapt_matrix.main([*argv, "--seeds", "42,x"]) == 2
     assert "comma-separated integers" in capsys.readouterr().err
@@ -92,3 +103,30 @@ def test_the_crossner_matrix_shares_one_conll_pretraining_across_domains(tmp_pat
     assert len(cache) == 1, "one CoNLL pre-training serves both domains"
     assert manifest.verify(cache[0])["kind"] == "pretrained-encoder"
     assert adapt_matrix.main(["--pairs", "law", *common]) == 2
+
+
+def test_a_self_train_column_is_taught_by_its_base_columns_cell(tmp_path, tiny_model_dir):
+    argv = [
+        "--pairs",
+        "books:kitchen",
+        "--methods",
+        "self-train",
+        "--out",
+        str(tmp_path),
+        f"model.path={tiny_model_dir}",
+        "model.max_length=32",
+        "data.max_train_samples=16",
+        "data.max_eval_samples=16",
+        "train.epochs=1",
+    ]
+    assert adapt_matrix.main(argv) == 0
+    teacher = tmp_path / "runs/books-to-kitchen-full-seed42/checkpoint"
+    assert (teacher / "metrics.json").is_file(), "the source-only cell ran first, as the teacher"
+    student = manifest.read(tmp_path / "runs/books-to-kitchen-self-train-seed42/checkpoint")["config"]
+    assert student["method"]["self_train"]["teacher"] == str(teacher)
+    assert student["data"]["unlabeled"] == ["data/amazon-reviews/unlabeled/kitchen.jsonl"], "the target's pool"
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["methods"] == ["self-train"] and report["gain_over_baseline"] == {}  # no baseline column asked
+    assert adapt_matrix.main(argv) == 0
+    cells = json.loads((tmp_path / "results.json").read_text())["cells"]["books:kitchen"]
+    assert cells["self-train"]["runs"][0]["reused"] is True

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 from conftest import BOOKS, CROSSNER, KITCHEN
 
-from domainlift.config import DataConfig
+from domainlift.config import DataConfig, DomainConfig
 from domainlift.data import build_splits, load_domain, read_conll, read_labelled
 from domainlift.errors import DataError
 
@@ -122,3 +122,70 @@ def test_directory_domain_needs_train_and_test(tmp_path):
     (tmp_path / "train.txt").write_text("a\tO\n")
     with pytest.raises(DataError, match="has no test"):
         load_domain(str(tmp_path), DataConfig(task="token-classification"))
+
+
+def _write_csv_target(path, n=120):
+    """A user's own target file: kitchen reviews as `reviews,labels` with 0/1 labels."""
+    import csv
+
+    rows = [json.loads(line) for line in open(KITCHEN)][:n]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["reviews", "labels"])
+        for r in rows:
+            w.writerow([r["text"], 1 if r["label"] == "positive" else 0])
+
+
+def test_a_target_file_with_its_own_columns_and_labels(tmp_path):
+    """Train on the kitchen JSONL, deploy on your own CSV (`reviews,labels` with 0/1): the target says so."""
+    target = tmp_path / "mine.csv"
+    _write_csv_target(target)
+    with pytest.raises(DataError, match=r"mine.csv has no column 'text' \(columns: reviews, labels\).*text_field"):
+        build_splits(DataConfig(source=BOOKS, target=str(target), test_size=40))
+    mapping = {"path": str(target), "text_field": "reviews", "label_field": "labels"}
+    with pytest.raises(DataError, match=r"labels never seen in training: 0, 1.*label_map"):
+        build_splits(DataConfig(source=BOOKS, target=DomainConfig(**mapping), test_size=40))
+    mapped = DomainConfig(**mapping, label_map={0: "negative", 1: "positive"})
+    s = build_splits(DataConfig(source=BOOKS, target=mapped, test_size=40))
+    assert len(s.test) == 40 and set(s.test["label"]) == {"negative", "positive"}
+    assert len(s.train) == 2000 - 40 and s.labels == ["negative", "positive"], "the source keeps its own layout"
+    originals = {json.loads(line)["text"]: json.loads(line)["label"] for line in open(KITCHEN)}
+    assert all(originals[t] == lab for t, lab in zip(s.test["text"], s.test["label"])), "0/1 mapped to the names"
+
+
+def test_unlabeled_files_extend_the_target_text_without_test_copies_or_repeats(tmp_path, caplog):
+    base = build_splits(DataConfig(source=BOOKS, target=KITCHEN))
+    test_text, train_text = base.test["text"][0], base.unlabeled["text"][0]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["new one", test_text, "new two", "new one"]))
+    lines = tmp_path / "traffic.txt"
+    lines.write_text(f"logged request\n\n{train_text}\n")
+    table = tmp_path / "more.csv"
+    table.write_text("body\nfrom a csv\n")
+    unlabeled = [str(pool), str(lines), {"path": str(table), "text_field": "body"}]
+    with caplog.at_level(logging.WARNING):
+        s = build_splits(DataConfig(source=BOOKS, target=KITCHEN, unlabeled=unlabeled))
+    assert list(s.unlabeled["text"]) == [*base.unlabeled["text"], "new one", "new two", "logged request", "from a csv"]
+    assert "data.unlabeled: dropped 1 examples that also occur in the test set" in caplog.text
+    assert "dropped 2 texts already in the unlabeled corpus" in caplog.text  # the repeat and the train text
+    assert s.unlabeled.column_names == ["text"] and s.test["text"] == base.test["text"]
+
+
+def test_bad_unlabeled_files_name_the_problem(tmp_path):
+    def splits(item):
+        return build_splits(DataConfig(source=BOOKS, target=KITCHEN, unlabeled=[item]))
+
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="empty.jsonl is empty"):
+        splits(str(tmp_path / "empty.jsonl"))
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    with pytest.raises(DataError, match="blank.txt is empty"):
+        splits(str(tmp_path / "blank.txt"))
+    (tmp_path / "body.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
+    with pytest.raises(DataError, match=r"no column 'text' \(columns: body\); name its column"):
+        splits(str(tmp_path / "body.jsonl"))
+    with pytest.raises(DataError, match="nope.txt does not exist"):
+        splits(str(tmp_path / "nope.txt"))
+    with pytest.raises(DataError, match="neither .jsonl, .csv nor .txt"):
+        (tmp_path / "x.parquet").write_text("x")
+        splits(str(tmp_path / "x.parquet"))

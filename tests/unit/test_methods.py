@@ -2,12 +2,13 @@
 contract (a plain task model, nothing of the method's extra heads left in it)."""
 
 import json
+import logging
 
 import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import BOOKS, CHECKPOINT_FILES, write_config
+from conftest import BOOKS, CHECKPOINT_FILES, ROOT, write_config
 from transformers import AutoTokenizer, BertForSequenceClassification, TrainingArguments
 from transformers import Trainer as HFTrainer
 
@@ -15,7 +16,7 @@ from domainlift import data as data_mod
 from domainlift import manifest
 from domainlift.config import ConfigError, load_config
 from domainlift.tasks import encode_texts
-from finetune.methods import dann, fgm, udalm
+from finetune.methods import dann, fgm, self_train, udalm
 from finetune.recipe import run
 
 
@@ -27,14 +28,14 @@ def test_the_reversal_layer_flips_and_scales_gradients():
     assert 0.0999 < dann.reversal_weight(1.0, 0.1, 10) <= 0.1
 
 
-@pytest.mark.parametrize("name", ["dann", "udalm", "fgm", "dapt", "dapt+dann"])
+@pytest.mark.parametrize("name", ["dann", "udalm", "fgm", "dapt", "dapt+dann", "self-train", "dapt+self-train"])
 def test_each_method_keeps_the_checkpoint_contract(tmp_path, tiny_model_dir, name):
     cfg = load_config(
         write_config(
             tmp_path,
             model={"path": str(tiny_model_dir)},
             data={"source": BOOKS, "max_train_samples": 24},
-            method={"name": name, "dapt": {"epochs": 1, "max_samples": 16}},
+            method={"name": name, "dapt": {"epochs": 1, "max_samples": 16}, "udalm": {"target_batches": 1}},
         )
     )
     ckpt = run(cfg)
@@ -43,7 +44,10 @@ def test_each_method_keeps_the_checkpoint_contract(tmp_path, tiny_model_dir, nam
     saved = BertForSequenceClassification.from_pretrained(ckpt)
     assert not hasattr(saved, "domain_classifier") and not hasattr(saved, "mlm_head")
     assert json.loads((ckpt / "metrics.json").read_text())["method"] == name
-    assert (cfg.job_dir / "run/dapt/encoder/model.safetensors").is_file() == name.startswith("dapt")
+    # DAPT (which udalm runs first) is cached by its inputs, with its masked-LM head beside the encoder.
+    dapt_runs = list((tmp_path / "artifacts/dapt-cache").glob("*/model.safetensors"))
+    assert len(dapt_runs) == (1 if name.startswith("dapt") or name == "udalm" else 0)
+    assert all((d.parent / "mlm_head.safetensors").is_file() for d in dapt_runs)
 
 
 @pytest.fixture
@@ -149,3 +153,119 @@ def test_method_and_data_options_are_checked(tmp_path):
         load_config(write_config(tmp_path, data={"task": "token-classification", "augment": "swap"}))
     with pytest.raises(data_mod.DataError, match="the target is the source"):
         data_mod.build_splits(load_config(write_config(tmp_path, data={"target_labelled": 5})).data)
+
+
+def test_dapt_runs_once_per_inputs_and_udalm_carries_its_masked_lm_head_on(tmp_path, tiny_model_dir, caplog):
+    def job(name, **data):
+        return load_config(
+            write_config(
+                tmp_path,
+                job=name.replace("+", "-"),
+                model={"path": str(tiny_model_dir)},
+                data={"source": BOOKS, "max_train_samples": 24, **data},
+                method={"name": name, "dapt": {"epochs": 1, "max_samples": 16}, "udalm": {"target_batches": 1}},
+            )
+        )
+
+    run(job("dapt"))
+    with caplog.at_level(logging.INFO):
+        run(job("udalm"))
+    assert "dapt: reusing the encoder adapted with the same inputs" in caplog.text
+    assert "the masked-LM head trained by DAPT carries on" in caplog.text
+    (cached,) = (tmp_path / "artifacts/dapt-cache").iterdir()
+    assert manifest.verify(cached)["kind"] == "dapt-encoder"
+    run(job("dapt", unlabeled=[str(ROOT / "data/amazon-reviews/unlabeled/kitchen.jsonl")]), overwrite=True)
+    assert len(list((tmp_path / "artifacts/dapt-cache").iterdir())) == 2, "more target text is a new DAPT"
+
+
+def test_udalm_draws_the_configured_masked_lm_batches_per_source_batch(tmp_path, tiny_parts):
+    tok, model, train = tiny_parts
+    corpus = datasets.Dataset.from_dict({"text": ["the kettle boils water in two minutes"] * 64})
+    for target_batches, expected in ((3, 3), (None, 2)):  # None: 64 target texts / 32 labelled ones
+        cfg = load_config(
+            None, ["job=x", "method.name=udalm", f"method.udalm.target_batches={target_batches or 'null'}"]
+        )
+        trainer = _trainer(
+            udalm.Trainer,
+            tmp_path,
+            udalm.prepare(model, cfg, "text-classification"),
+            tok,
+            train,
+            cfg.method,
+            2,
+            target=encode_texts(corpus, tok, 16),
+            target_collator=udalm.target_collator(tok, cfg),
+        )
+        drawn = []
+
+        def counted(device, original=trainer.target_batch, drawn=drawn):
+            drawn.append(1)
+            return original(device)
+
+        trainer.target_batch = counted
+        trainer.train()
+        assert trainer.k == expected and len(drawn) == 2 * expected, "k target batches in each of the 2 steps"
+        assert trainer.task_weight() == 1 / (1 + expected)
+        assert len(trainer.extra_losses["mlm_loss"]) == 2
+
+
+def test_dann_discriminator_is_dropout_then_linear_by_default(tiny_parts):
+    _, model, _ = tiny_parts
+    cfg = load_config(None, ["job=x", "method.name=dann"])
+    layers = list(dann.prepare(model, cfg, "text-classification").domain_classifier)
+    assert [type(m).__name__ for m in layers] == ["Dropout", "Linear"] and cfg.method.dann.weight == 0.03
+
+
+def test_pseudo_labels_are_class_balanced_confident_and_the_teachers_own():
+    # 8 texts, the teacher leans positive (6 of 8); the source is balanced.
+    logits = np.array([[0, 3], [0, 2], [0, 1], [0, 0.5], [0, 4], [0, 0.1], [2, 0], [1, 0]], dtype=np.float32)
+    texts = [f"t{i}" for i in range(8)]
+    c = load_config(None, ["job=x", "method.name=self-train", "method.self_train.top_fraction=0.5"]).method.self_train
+    pseudo, info = self_train.pseudo_labelled(logits, texts, ["negative", "positive"], ["negative", "positive"], c)
+    # at most 0.5 * 8 * 0.5 = 2 per class, the most confident first
+    assert sorted(pseudo["text"]) == ["t0", "t4", "t6", "t7"]
+    assert info["per_class"] == {"negative": 2, "positive": 2} and info["predicted"] == {"negative": 2, "positive": 6}
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    for text, label, soft in zip(pseudo["text"], pseudo["label"], pseudo["soft"]):
+        i = texts.index(text)
+        assert label == ["negative", "positive"][probs[i].argmax()] and np.allclose(soft, probs[i], atol=1e-6)
+    c.threshold, c.labels = 0.9, "hard"
+    pseudo, _ = self_train.pseudo_labelled(logits, texts, ["negative", "positive"], ["negative", "positive"], c)
+    assert sorted(pseudo["text"]) == ["t0", "t4"] and all(sorted(s) == [0.0, 1.0] for s in pseudo["soft"])
+
+
+def test_self_training_learns_only_from_unlabeled_text_labelled_by_its_teacher(tmp_path, tiny_model_dir, monkeypatch):
+    """A labelled target row can never reach training this way: pseudo-labels are texts of Splits.unlabeled (no
+    labels there) with the teacher's predictions, and never a test text."""
+    pool = str(ROOT / "data/amazon-reviews/unlabeled/kitchen.jsonl")
+
+    def job(name, method=None, **data):
+        data = {"source": BOOKS, "max_train_samples": 24, **data}
+        return write_config(tmp_path, job=name, model={"path": str(tiny_model_dir)}, data=data, method=method or {})
+
+    teacher = run(load_config(job("teacher")))
+    captured = []
+    original = self_train.student_data
+
+    def capture(encoded, pseudo, *rest):
+        captured.append(pseudo)
+        return original(encoded, pseudo, *rest)
+
+    monkeypatch.setattr(self_train, "student_data", capture)
+    method = {"name": "self-train", "self_train": {"teacher": str(teacher), "rounds": 2}}
+    cfg = load_config(job("student", method, unlabeled=[pool]))
+    metrics = json.loads((run(cfg) / "metrics.json").read_text())
+    splits = data_mod.build_splits(cfg.data)
+    assert len(captured) == 2 and [r["pseudo_labelled"] for r in metrics["rounds"]] == [len(p) for p in captured]
+    assert metrics["teacher"] == str(teacher)
+    assert metrics["teacher_target_test"] == json.loads((teacher / "metrics.json").read_text())["target_test"]
+    first = captured[0]
+    assert set(first["text"]) <= set(splits.unlabeled["text"]) and not set(first["text"]) & set(splits.test["text"])
+    tok = AutoTokenizer.from_pretrained(teacher)
+    logits = self_train.predict_logits(BertForSequenceClassification.from_pretrained(teacher), tok, first["text"], 64)
+    assert list(first["label"]) == [["negative", "positive"][k] for k in logits.argmax(-1)], "the teacher's labels"
+    assert metrics["train_samples"] == 24 + len(captured[1])
+    with pytest.raises(ConfigError, match="does not exist"):
+        run(load_config(job("bad", {"name": "self-train", "self_train": {"teacher": str(tmp_path / "nope")}})))
+    with pytest.raises(ConfigError, match="does not end in \\+self-train"):
+        load_config(job("bad", {"name": "full", "self_train": {"teacher": str(teacher)}}))
