@@ -52,8 +52,8 @@ AMAZON_SETTINGS = {"few-shot-200": ["method.name=full", "data.target_labelled=20
 FINETUNE_SECTIONS = ("data", "model", "method", "pretrain", "train")
 
 NER_DOMAINS = ("politics", "science", "ai")
-# The target's unlabeled text is its ~200 training sentences (the paper's DAPT corpora hold millions), so DAPT
-# makes more passes over it than the Amazon default of 2.
+# The target's unlabeled text is its ~200 training sentences and its dev sentences' text (the paper's DAPT corpora
+# hold millions of sentences), so DAPT makes more passes over it than the Amazon default of 2.
 NER_SETTINGS = {
     "direct": ["pretrain.data=null", "method.name=full"],
     "pretrain": ["pretrain.data=data/crossner/conll2003", "method.name=full"],
@@ -118,7 +118,12 @@ def cell_config(
     else:
         if column not in NER_SETTINGS:
             raise ConfigError(f"CrossNER column {column!r}: use one of {', '.join(NER_SETTINGS)}")
-        cell = [f"data.source=data/crossner/{target}", f"data.target=data/crossner/{target}", *NER_SETTINGS[column]]
+        cell = [
+            f"data.source=data/crossner/{target}",
+            f"data.target=data/crossner/{target}",
+            f"data.unlabeled=[{{path: data/crossner/{target}/dev.txt, format: conll}}]",  # dev text, no tags: dapt
+            *NER_SETTINGS[column],
+        ]
     cfg = load_config(
         base, [f"output_dir={out / 'runs'}", *cell, *overrides, *([f"train.seed={seed}"] if seed is not None else [])]
     )

@@ -140,27 +140,36 @@ def _read_table(path: Path, fmt: str, d: DomainConfig) -> datasets.Dataset:
 def read_unlabeled(items: list, d: DomainConfig, task: str) -> datasets.Dataset:
     """data.unlabeled: the texts of JSONL/CSV files or plain text files (.txt, one text per line), in order, as rows
     of `text` (or `tokens`, the text split on whitespace, for NER). An item is a path (its texts are in the target's
-    text field, d.text_field) or a mapping {path, text_field} for a file with a column of its own."""
+    text field, d.text_field) or a mapping {path, text_field, format} for a file with a column of its own, or a
+    CoNLL file whose sentences are the texts (format: conll; its tags are never read)."""
     texts: list[str] = []
     for item in items:
         if isinstance(item, dict):
-            unknown = set(item) - {"path", "text_field"}
+            unknown = set(item) - {"path", "text_field", "format"}
             if "path" not in item or unknown:
-                raise DataError(f"data.unlabeled: {item} must be a path or a mapping {{path: ..., text_field: ...}}")
-            p, field = Path(item["path"]), item.get("text_field") or d.text_field
+                raise DataError(
+                    f"data.unlabeled: {item} must be a path or a mapping {{path: ..., text_field: ..., format: ...}}"
+                )
+            p, field, fmt = Path(item["path"]), item.get("text_field") or d.text_field, item.get("format")
         else:
-            p, field = Path(item), d.text_field
+            p, field, fmt = Path(item), d.text_field, None
         if not p.is_file():
             raise DataError(f"data.unlabeled: {p} does not exist (paths are relative to the directory you run from)")
         suffix = p.suffix.lower()
-        if suffix not in (".jsonl", ".json", ".csv", ".txt"):
-            raise DataError(f"data.unlabeled: {p} is neither .jsonl, .csv nor .txt (plain text, one text per line)")
+        fmt = fmt or {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".txt": "text", ".conll": "conll"}.get(suffix)
+        if fmt not in ("jsonl", "csv", "text", "conll"):
+            raise DataError(
+                f"data.unlabeled: {p} is neither .jsonl, .csv nor .txt (plain text, one text per line); "
+                "for a CoNLL file say {path: ..., format: conll}"
+            )
         if not p.read_text(encoding="utf-8", errors="replace").strip():
             raise DataError(f"data.unlabeled: {p} is empty; fill it or remove it from data.unlabeled")
-        if suffix == ".txt":
+        if fmt == "conll":
+            found = [" ".join(tokens) for tokens in read_conll(p)["tokens"]]
+        elif fmt == "text":
             found = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
         else:
-            ds = _load_table(p, "csv" if suffix == ".csv" else "jsonl")
+            ds = _load_table(p, fmt)
             if field not in ds.column_names:
                 raise DataError(
                     f"data.unlabeled: {p} has no column {field!r} (columns: {', '.join(ds.column_names)}); "

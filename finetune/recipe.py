@@ -164,9 +164,7 @@ def self_train(job: Job, start: Path, trained: Trained | None) -> tuple[Trained,
         t0 = time.perf_counter()
         logits = self_train_mod.predict_logits(teacher, job.tokenizer, texts, max_length)
         pseudo, info = self_train_mod.pseudo_labelled(logits, texts, labels, source_labels, c)
-        data = self_train_mod.student_data(
-            job.encoded["train"], pseudo, job.tokenizer, labels, job.cfg.model.max_length
-        )
+        data = self_train_mod.student_data(job.encoded["train"], pseudo, job.tokenizer, labels, max_length)
         labelling_s = time.perf_counter() - t0
         log.info("self-train round %d of %d: a student on %d labelled + %d pseudo-labelled texts", r, c.rounds,
                  len(job.encoded["train"]), len(pseudo))  # fmt: skip
