@@ -170,7 +170,12 @@ def self_train(job: Job, start: Path, trained: Trained | None) -> tuple[Trained,
                  len(job.encoded["train"]), len(pseudo))  # fmt: skip
         trained = train(job, start, self_train_mod, data, job.run_dir / f"self-train-{r}")
         spent += labelling_s + trained.cost["train_runtime_s"]
-        record["rounds"].append({**info, "labelling_s": round(labelling_s, 1)})
+        test = trained.trainer.predict(
+            job.encoded["test"], metric_key_prefix="t"
+        ).metrics  # reported, never selected on
+        record["rounds"].append(
+            {**info, "labelling_s": round(labelling_s, 1), "target_test": trainer_mod.strip(test, "t")}
+        )
         teacher = trained.trainer.model
     trained.cost["train_runtime_s"] = round(spent, 2)  # the teacher (when trained here), labelling and students
     return trained, record
