@@ -90,7 +90,8 @@ def subjects_for(job_dir: Path, torch_cuda: bool, ort_cuda: bool) -> tuple[list[
     else:
         skipped.append("original [cuda]: no CUDA GPU here")
     export = job_dir / "export"
-    for d in sorted(p for p in export.glob("*") if p.is_dir() and not p.is_symlink()):
+    manifest.clean_leftovers(export)  # what a killed export left behind is not a variant
+    for d in sorted(p for p in export.glob("*") if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")):
         m = manifest.read(d)
         acc = m["quality"].get(metric)
         gpu_only = m["recipe"]["variant"].startswith(("torch-int8", "torch-nf4")) or "fp16" in m["variant"]

@@ -61,7 +61,8 @@ def run_locust(url: str, cfg, texts_file: Path, out: Path, name: str = "loadtest
     with open(out / f"{name}_stats.csv") as f:
         row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
     requests, rps = int(row["Request Count"]), float(row["Requests/s"])
-    texts = json.loads(count_file.read_text())["texts_answered"] if count_file.is_file() else 0
+    counts = json.loads(count_file.read_text()) if count_file.is_file() else {}
+    texts = counts.get("texts_answered", 0)
     return {
         "url": url,
         "users": lt.users,
@@ -71,6 +72,7 @@ def run_locust(url: str, cfg, texts_file: Path, out: Path, name: str = "loadtest
         "failures": int(row["Failure Count"]),
         "requests_per_s": rps,
         "texts_per_s": texts * rps / requests if requests else 0.0,  # over Locust's own measured duration
+        "wrong_answers": counts.get("wrong_answers", 0),  # with DOMAINLIFT_EXPECTED (benchmarks/locustfile.py)
         "p50_ms": float(row["50%"]),
         "p95_ms": float(row["95%"]),
         "p99_ms": float(row["99%"]),

@@ -6,7 +6,9 @@
 Each user posts back to back (no think time), like a client with a queue of texts to label. Settings come from
 the environment, which `python -m benchmarks.loadtest` fills from the job config:
 DOMAINLIFT_TEXTS (a JSON file with a list of texts; default: kitchen reviews from data/), DOMAINLIFT_ROUTE
-(/classify or /extract_entities), DOMAINLIFT_MIN_TEXTS and DOMAINLIFT_MAX_TEXTS, DOMAINLIFT_API_KEY.
+(/classify or /extract_entities), DOMAINLIFT_MIN_TEXTS and DOMAINLIFT_MAX_TEXTS, DOMAINLIFT_API_KEY, and
+DOMAINLIFT_EXPECTED (a JSON file {text: label}: a /classify answer with another label counts as a wrong answer,
+for checking a deployment, or a fault test, with texts whose labels are known).
 """
 
 import json
@@ -31,7 +33,11 @@ LOW = int(os.environ.get("DOMAINLIFT_MIN_TEXTS", "1"))
 HIGH = int(os.environ.get("DOMAINLIFT_MAX_TEXTS", "8"))
 KEY = os.environ.get("DOMAINLIFT_API_KEY")
 HEADERS = {"Authorization": f"Bearer {KEY}"} if KEY else {}
+EXPECTED = (
+    json.loads(Path(os.environ["DOMAINLIFT_EXPECTED"]).read_text()) if "DOMAINLIFT_EXPECTED" in os.environ else {}
+)
 TEXTS_ANSWERED = [0]  # texts in successful answers, for texts/s (requests carry 1-8 texts each)
+WRONG_ANSWERS = [0]  # answers whose label is not the expected one (DOMAINLIFT_EXPECTED)
 
 
 class DomainLiftUser(FastHttpUser):
@@ -45,10 +51,14 @@ class DomainLiftUser(FastHttpUser):
                 resp.failure(f"{len(batch)} texts sent, {len(resp.json())} answers")
             else:
                 TEXTS_ANSWERED[0] += len(batch)
+                wrong = [t for t, a in zip(batch, resp.json()) if t in EXPECTED and a.get("label") != EXPECTED[t]]
+                if wrong:
+                    WRONG_ANSWERS[0] += len(wrong)
+                    resp.failure(f"{len(wrong)} answers with a label other than the expected one")
 
 
 @events.test_stop.add_listener
 def write_text_count(environment, **_) -> None:
     """Locust counts requests; the summary needs texts. One process only (with --processes, each writes its own)."""
     if path := os.environ.get("DOMAINLIFT_TEXT_COUNT"):
-        Path(path).write_text(json.dumps({"texts_answered": TEXTS_ANSWERED[0]}))
+        Path(path).write_text(json.dumps({"texts_answered": TEXTS_ANSWERED[0], "wrong_answers": WRONG_ANSWERS[0]}))

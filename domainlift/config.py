@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -267,6 +268,19 @@ class ServeConfig:
     # (Texts over model.max_length tokens are always cut to it, and flagged the same way.)
     long_text: Literal["reject", "truncate"] = "reject"
     max_concurrency: int = 128  # requests in flight per worker; more answer 503 at once instead of queueing
+    # A request body over this many bytes answers 413 before it is parsed (with long_text: truncate nothing else
+    # bounds a text). 64 texts of 10,000 ASCII characters are ~0.65 MB; non-Latin scripts take 2-3 bytes a character.
+    max_body_bytes: int = 2 * 1024 * 1024
+    # A request body must arrive within this many seconds, or the answer is 408; a request counts against
+    # max_concurrency only once its body is in, so slow uploads cannot hold the slots.
+    body_timeout_s: float = 10.0
+    # Requests per second per client (per API key when auth is on, else per client address), per worker; more
+    # answer 429 with Retry-After. rate_burst requests may come at once. 0 = no rate limit.
+    rate_limit: float = 0.0
+    rate_burst: int = 20
+    # Request texts never reach the server log (a 400 logs one line: route, status, error kind). True logs
+    # BentoML's full error report with the offending values, for debugging on a machine you trust.
+    log_request_text: bool = False
 
 
 @dataclass
@@ -443,6 +457,11 @@ def _coerce(hint, value, key: str, origin: str):
 
 def _check(cfg: JobConfig) -> None:
     """Cross-field rules that types alone cannot express."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(cfg.job)) or ".." in str(cfg.job):
+        raise ConfigError(
+            f"job is {cfg.job!r}: it names the directory {cfg.output_dir}/<job>/, so use letters, digits, '.', '_' "
+            "and '-' only (no '/', no '..')"
+        )
     d = cfg.data
     for name in ("test_size", "dev_size"):
         v = getattr(d, name)
@@ -511,9 +530,14 @@ def _check_serve(s: ServeConfig) -> None:
         "max_texts",
         "max_chars",
         "max_concurrency",
+        "max_body_bytes",
+        "body_timeout_s",
+        "rate_burst",
     ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"serve.{name} is {getattr(s, name)}; it must be positive")
+    if s.rate_limit < 0:
+        raise ConfigError(f"serve.rate_limit is {s.rate_limit}; use requests per second, or 0 for no limit")
 
 
 def serve_config(values: dict, origin: str = "bento arguments") -> ServeConfig:

@@ -18,6 +18,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -131,6 +132,8 @@ def verify(root: Path) -> dict:
         elif actual[name]["sha256"] != meta["sha256"]:
             problems.append(f"{name} does not match its sha256")
     problems += [f"unexpected file {name}" for name in actual if name not in expected]
+    if not problems and digest(expected) != manifest.get("sha256"):
+        problems.append(f"{MANIFEST} was edited: its file list does not add up to its sha256")
     if problems:
         raise ManifestError(
             f"{root} fails its manifest: {'; '.join(problems)}. "
@@ -139,14 +142,46 @@ def verify(root: Path) -> dict:
     return manifest
 
 
+# What atomic_dir leaves behind when its process is killed (kill -9, power loss): `.<name>.tmp-<pid>-<random>`
+# and `.<name>.old-<pid>`. Readers skip names that start with a dot; writers remove the ones of dead processes.
+_LEFTOVER = re.compile(r"^\..+\.(?:tmp|old)-(\d+)(?:-.*)?$")
+
+
+def is_leftover(path: Path) -> bool:
+    return bool(_LEFTOVER.match(Path(path).name))
+
+
+def clean_leftovers(parent: Path) -> list[Path]:
+    """Remove the temporary and set-aside directories under `parent` whose writing process is gone."""
+    removed = []
+    for p in Path(parent).glob(".*"):
+        m = _LEFTOVER.match(p.name)
+        if m and p.is_dir() and not _alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of `final`; on success it replaces `final` in one rename."""
+    """Yield a temporary sibling of `final`; on success it replaces `final` in one rename. Leftovers of writers
+    that were killed are removed first."""
     final = Path(final)
     if final.exists() and not overwrite:
         raise ArtifactExistsError(f"{final} already exists; pass --overwrite to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    clean_leftovers(final.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
         if final.exists():  # overwrite: move the old one aside first so a failure never loses both

@@ -9,6 +9,7 @@ and the symlink export/best -> the fastest variant that passes the accuracy gate
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -57,18 +58,20 @@ class Exporter:
 
     def run(self, names: list[str]) -> dict:
         """Build (or reuse) every named variant, time them with the checkpoint, write the report and `best`."""
-        chosen = [variants.parse(n, self.cfg) for n in names]  # every name checked before any work
-        self._check(chosen)
-        metric = tasks.MAIN_METRIC[self.task]
-        log.info("reference: checkpoint in PyTorch fp32 eager, %d test examples", len(self.test))
-        ref_logits = evaluate.predict(TorchRunner(self.ckpt, self.threads), self.test, self.tokenizer)
-        ref_quality = evaluate.compare(self.task, self.labels, ref_logits, ref_logits, self.gold)
-        rows = [{"variant": REFERENCE, "status": "reference", "runtime": "torch", "size_bytes": _size(self.ckpt)}]
-        rows[0].update(_row(ref_quality, metric))
-        rows += [self.build_or_reuse(v, ref_logits, ref_quality, metric) for v in chosen]
-        self.time_rows(rows)
-        report = self._report(rows, metric)
-        shutil.rmtree(self.work, ignore_errors=True)
+        try:
+            chosen = [variants.parse(n, self.cfg) for n in names]  # every name checked before any work
+            self._check(chosen)
+            metric = tasks.MAIN_METRIC[self.task]
+            log.info("reference: checkpoint in PyTorch fp32 eager, %d test examples", len(self.test))
+            ref_logits = evaluate.predict(TorchRunner(self.ckpt, self.threads), self.test, self.tokenizer)
+            ref_quality = evaluate.compare(self.task, self.labels, ref_logits, ref_logits, self.gold)
+            rows = [{"variant": REFERENCE, "status": "reference", "runtime": "torch", "size_bytes": _size(self.ckpt)}]
+            rows[0].update(_row(ref_quality, metric))
+            rows += [self.build_or_reuse(v, ref_logits, ref_quality, metric) for v in chosen]
+            self.time_rows(rows)
+            report = self._report(rows, metric)
+        finally:  # the scratch graphs and pruned models go, whatever happened (GBs in /tmp otherwise)
+            shutil.rmtree(self.work, ignore_errors=True)
         failed = [r["variant"] for r in rows if r["status"] == "failed"]
         if failed:
             raise ExportError(f"variants failed to build: {', '.join(failed)} (see {self.out / 'report.md'})")
@@ -116,9 +119,17 @@ class Exporter:
                 m = manifest.read(self.out / v.name)
             else:
                 log.info("%s: up to date (same parent and recipe), not rebuilt", v.name)
+                m["quality"].pop("reason", None)
+                self._gate(m["quality"], ref_quality, metric)  # today's export.min_accuracy_ratio decides
         except Exception as e:  # reported in its row and, at the end, as an ExportError
-            log.error("%s: failed: %s", v.name, e)
-            return {"variant": v.name, "status": "failed", "reason": f"{type(e).__name__}: {e}"}
+            reason = f"{type(e).__name__}: {e}"
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                reason = (
+                    f"out of disk space ({e}): free space where the export writes ({self.out}, and {self.work} "
+                    "for its scratch graphs) and run `make export` again"
+                )
+            log.error("%s: failed: %s", v.name, reason)
+            return {"variant": v.name, "status": "failed", "reason": reason}
         q = m["quality"]
         return {
             "variant": v.name,

@@ -68,6 +68,7 @@ def dapt(cfg: JobConfig, base: Path, tokenizer, unlabeled: datasets.Dataset, run
         manifest.verify(encoder_dir)
         log.info("dapt: reusing the encoder adapted with the same inputs, %s", encoder_dir)
         return encoder_dir
+    log.info("dapt: starting (an interrupted DAPT starts over: its state is not saved, a finished one is cached)")
     texts = tasks.encode_texts(corpus, tokenizer, cfg.model.max_length)
     model, info = AutoModelForMaskedLM.from_pretrained(base, output_loading_info=True)
     if any(not k.startswith(model.base_model_prefix) for k in info["missing_keys"]):

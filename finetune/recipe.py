@@ -12,6 +12,7 @@ Resumable training state and TensorBoard logs live in artifacts/<job>/run/.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import resource
@@ -36,6 +37,7 @@ from finetune.methods import self_train as self_train_mod
 
 log = logging.getLogger("finetune")
 CHECKPOINT = "checkpoint"
+FINGERPRINT = "fingerprint.json"  # in run/: the config and data a resumable run was started with
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _TOKENIZER = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json", "spiece.model")
 
@@ -97,9 +99,12 @@ def setup(cfg: JobConfig, resume: bool, overwrite: bool) -> Job:
     teacher = None
     if cfg.method.self_training and cfg.method.self_train.teacher:
         teacher = load_teacher(cfg.method.self_train.teacher, splits.labels)
-    resume_from = _resume_point(run_dir, resume, overwrite)
+    resume_from = _resume_point(run_dir, resume, overwrite, fingerprint(cfg))
     if overwrite and not resume and run_dir.exists():
         shutil.rmtree(run_dir)
+    if resume_from is None:  # a new run: what it is made of, for a later --resume to check against
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / FINGERPRINT).write_text(json.dumps(fingerprint(cfg), indent=2) + "\n")
     transformers.set_seed(cfg.train.seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
     encoded = {
@@ -291,10 +296,40 @@ def check_model_dir(path: Path) -> None:
         )
 
 
-def _resume_point(run_dir: Path, resume: bool, overwrite: bool) -> str | None:
+def fingerprint(cfg: JobConfig) -> dict:
+    """What a run is made of: a hash of each config section that shapes training, and of each data file."""
+
+    def sha(value) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def files(path) -> str:
+        p = Path(path)
+        return manifest.file_sha256(p)[:16] if p.is_file() else manifest.digest(manifest.hash_files(p))[:16]
+
+    sections = {k: v for k, v in cfg.to_dict().items() if k in ("data", "model", "method", "pretrain", "train")}
+    sections["train"] = {k: v for k, v in sections["train"].items() if k != "resume"}
+    d = cfg.data
+    paths = [data_mod.domain_path(d.source), data_mod.domain_path(d.target)]
+    paths += [item["path"] if isinstance(item, dict) else item for item in d.unlabeled]
+    paths += [cfg.pretrain.data] if cfg.pretrain.data else []
+    return {
+        "config": {k: sha(v) for k, v in sections.items()},
+        "data": {p: files(p) for p in paths if Path(p).exists()},
+    }
+
+
+def _resume_point(run_dir: Path, resume: bool, overwrite: bool, now: dict) -> str | None:
     last = trainer_mod.last_complete_checkpoint(run_dir)
     if resume:
         if last:
+            recorded = run_dir / FINGERPRINT
+            then = json.loads(recorded.read_text()) if recorded.is_file() else now
+            changed = [f"{part} {k}" for part in now for k in now[part] if then.get(part, {}).get(k) != now[part][k]]
+            if changed:
+                raise ConfigError(
+                    f"--resume: {run_dir} was started with another config or data ({', '.join(changed)} changed "
+                    "since); resume with what it started with, or pass --overwrite to start over"
+                )
             log.info("resuming from %s", last)
             return last
         log.warning("--resume given but %s holds no saved state; starting from scratch", run_dir)

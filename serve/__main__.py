@@ -15,9 +15,25 @@ import yaml
 from domainlift import cli, manifest
 from domainlift.config import load_config
 from domainlift.errors import ConfigError
+from serve.gate import api_keys
 from serve.model_store import import_variant
 
 SERVICE = "serve.service:DomainLift"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def servable(cfg, variant_dir) -> list[str]:
+    """Why this variant should not be served as the job's best: rejected by the gate (today's
+    export.min_accuracy_ratio), or exported from a checkpoint that is not the job's current one."""
+    m = manifest.read(variant_dir)
+    quality, problems = m["quality"], []
+    ratio, floor = quality.get("ratio") or 0.0, cfg.export.min_accuracy_ratio
+    if not quality.get("accepted") or ratio < floor:
+        problems.append(f"its accuracy ratio {ratio:.4f} is under the gate's {floor} (export.min_accuracy_ratio)")
+    checkpoint = cfg.job_dir / "checkpoint"
+    if (checkpoint / manifest.MANIFEST).is_file() and manifest.read(checkpoint)["sha256"] != m["parent"]["sha256"]:
+        problems.append("it was exported from an earlier checkpoint than the job's current one")
+    return problems
 
 
 @cli.entry
@@ -26,22 +42,33 @@ def main(argv=None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument("--build", action="store_true", help="build a bento (bentofile.yaml) instead of serving")
+    parser.add_argument(
+        "--insecure", action="store_true", help="serve a non-loopback --host without DOMAINLIFT_API_KEY (no auth)"
+    )
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
+    if not args.build and args.host not in LOOPBACK and not api_keys() and not args.insecure:
+        raise ConfigError(
+            f"--host {args.host} opens the service to other machines, and DOMAINLIFT_API_KEY is not set: set it "
+            "(clients then send 'Authorization: Bearer <key>'), or pass --insecure to serve it without auth"
+        )
     variant_dir = cfg.job_dir / "export" / cfg.serve.variant
     if not variant_dir.is_dir():
         raise ConfigError(
             f"{variant_dir} does not exist: run `make export JOB={cfg.job}` first, or set serve.variant to one of "
             f"the exported variants"
         )
-    tag = import_variant(variant_dir)
-    quality = manifest.read(variant_dir)["quality"]
-    if not quality.get("accepted"):
+    for problem in servable(cfg, variant_dir):
+        if cfg.serve.variant == "best":
+            raise ConfigError(
+                f"export/best -> {variant_dir.resolve().name}: {problem}. Run `make export JOB={cfg.job}` again, or "
+                "serve a variant by name (serve.variant=<name>) to serve it anyway"
+            )
         print(
-            f"warning: {variant_dir.name} was rejected by the export gate (accuracy ratio {quality.get('ratio')}); "
-            "serving it anyway because it was asked for by name",
+            f"warning: {variant_dir.name}: {problem}; serving it anyway because it was asked for by name",
             file=sys.stderr,
         )
+    tag = import_variant(variant_dir)
     arg_file = cfg.job_dir / "serve" / "args.yaml"
     arg_file.parent.mkdir(parents=True, exist_ok=True)
     arg_file.write_text(yaml.safe_dump({"model": tag, **dataclasses.asdict(cfg.serve)}, sort_keys=False))

@@ -8,12 +8,15 @@ them against the manifest again before loading.
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from pathlib import Path
 
 from domainlift import manifest, tasks
 from domainlift.errors import ManifestError
+
+log = logging.getLogger(__name__)
 
 ARTIFACT = "artifact"  # sub-directory of the stored model that holds the variant exactly as exported
 
@@ -38,6 +41,22 @@ def summary(m: dict) -> dict:
     }
 
 
+def check_stored(artifact_dir: Path, tag: str) -> dict:
+    """The store's copy of a variant: its files match its manifest, and the manifest is the one the tag was made
+    from (the tag's version is the manifest digest), so rewriting a file and manifest.json together is caught."""
+    try:
+        m = manifest.verify(artifact_dir)
+    except ManifestError as e:
+        raise ManifestError(f"the model store's copy of {tag} is damaged: {e}") from e
+    version = tag.partition(":")[2]
+    if not m["sha256"].startswith(version):
+        raise ManifestError(
+            f"the model store's copy of {tag} holds an artifact with digest {m['sha256'][:20]}, not the one its tag "
+            "names: it was altered after import"
+        )
+    return m
+
+
 def model_name(job: str) -> str:
     """BentoML names allow lower-case letters, digits, '-', '_' and '.'."""
     return re.sub(r"[^a-z0-9_.-]+", "-", job.lower()).strip("-_.") or "domainlift"
@@ -53,10 +72,16 @@ def import_variant(variant_dir: Path) -> str:
         raise ManifestError(f"{variant_dir} is a {m.get('kind')}, not an export variant: run `make export`")
     tag = f"{model_name(m['config']['job'])}:{m['sha256'][:20]}"
     try:
-        bentoml.models.get(tag)
-        return tag
+        stored = bentoml.models.get(tag)
     except NotFound:
-        pass
+        stored = None
+    if stored is not None:
+        try:
+            check_stored(stored.path_of(ARTIFACT), tag)
+            return tag
+        except ManifestError as e:  # a damaged copy: the artifact is the source of truth
+            log.warning("%s; re-importing it from %s", e, variant_dir)
+            bentoml.models.delete(tag)
     info = summary(m)
     with bentoml.models.create(tag, labels={"task": info["task"], "variant": info["variant"]}, metadata=info) as model:
         shutil.copytree(Path(variant_dir).resolve(), model.path_of(ARTIFACT))

@@ -9,18 +9,18 @@ with `make bento` carries them and serves with no access to artifacts/.
 
 from __future__ import annotations
 
-import hmac
 import os
 from typing import Annotated
 
 import bentoml
 from bentoml.exceptions import NotFound
 from pydantic import AfterValidator, BaseModel
-from starlette.responses import JSONResponse
 
 from domainlift.config import serve_config
+from domainlift.errors import ManifestError
 from domainlift.tasks import ROUTE
-from serve.model_store import ARTIFACT, summary
+from serve.gate import Gate, quiet_client_errors
+from serve.model_store import ARTIFACT, check_stored, summary
 from serve.predictor import Predictor
 
 ARGS = dict(vars(bentoml.use_arguments()))
@@ -90,51 +90,26 @@ class Entities(BaseModel):
     truncated: bool
 
 
-class Gate:
-    """ASGI middleware in front of every route but the health probes: bearer-token auth when DOMAINLIFT_API_KEY
-    is set, and a cap on requests in flight that answers 503 at once (a client retries; a queue would hang)."""
-
-    OPEN = frozenset({"/livez", "/readyz", "/healthz"})
-
-    def __init__(self, app, max_concurrency: int):
-        self.app = app
-        key = os.environ.get("DOMAINLIFT_API_KEY", "")
-        self.expected = f"Bearer {key}".encode() if key else None
-        self.max_concurrency = max_concurrency
-        self.in_flight = 0
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in self.OPEN:
-            return await self.app(scope, receive, send)
-        if self.expected is not None:
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):  # constant time: no timing oracle on the key
-                message = "missing or wrong API key: send the header 'Authorization: Bearer <DOMAINLIFT_API_KEY>'"
-                response = JSONResponse({"error": message}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-                return await response(scope, receive, send)
-        if self.in_flight >= self.max_concurrency:
-            message = f"overloaded: {self.in_flight} requests in flight (serve.max_concurrency); retry shortly"
-            return await JSONResponse({"error": message}, status_code=503, headers={"Retry-After": "1"})(
-                scope, receive, send
-            )
-        self.in_flight += 1  # one event loop per worker: no lock needed between check and increment
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
-
-
 @bentoml.service(workers=SETTINGS.workers, traffic={"timeout": 60})
 class DomainLift:
     # A class attribute, so `bentoml build` packs this model into the bento.
     model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
+        tag = str(self.model.tag)
+        try:  # the files, their manifest, and the manifest the tag was made from
+            check_stored(self.model.path_of(ARTIFACT), tag)
+        except ManifestError as e:
+            raise ManifestError(
+                f"{e}. Run `make serve` again (it re-imports the variant from artifacts/<job>/export/), "
+                f"or delete it with `bentoml models delete {tag}`"
+            ) from e
         self.predictor = Predictor(
             self.model.path_of(ARTIFACT),
             threads=THREADS,
             micro_batch_size=SETTINGS.micro_batch_size,
             max_chars=SETTINGS.max_chars,
+            verify=False,  # just checked
         )
         self.info = {"tag": MODEL_TAG, **summary(self.predictor.manifest)}
         self.predictor.warm_up()  # /readyz answers 200 only after this: loaded and warmed up
@@ -175,4 +150,6 @@ class DomainLift:
             raise NotFound(f"this service's model ({self.info['job']}) does {does}: POST to {ROUTE[does]}")
 
 
-DomainLift.add_asgi_middleware(Gate, max_concurrency=SETTINGS.max_concurrency)
+DomainLift.add_asgi_middleware(Gate, settings=SETTINGS)  # auth, limits, one error shape: serve/gate.py
+if not SETTINGS.log_request_text:
+    quiet_client_errors()

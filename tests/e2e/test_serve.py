@@ -213,7 +213,7 @@ def test_auth_is_required_except_for_health_probes(ner_server):
     texts = {"texts": ["I flew to Paris"]}
     assert call(ner_server, "/extract_entities", texts)[0] == 401
     status, out = call(ner_server, "/extract_entities", texts, key="wrong")
-    assert status == 401 and "Authorization: Bearer" in out["error"]
+    assert status == 401 and "Authorization: Bearer" in out["detail"]
     assert call(ner_server, "/metrics", method="GET")[0] == 401
     assert call(ner_server, "/livez", method="GET")[0] == 200 and call(ner_server, "/readyz", method="GET")[0] == 200
     assert call(ner_server, "/extract_entities", texts, key=API_KEY)[0] == 200
@@ -247,7 +247,7 @@ def test_overload_answers_503_not_a_hang(ner_server):
         answers = list(pool.map(one, range(48)))
     statuses = {s for s, _ in answers}
     assert statuses <= {200, 503} and 503 in statuses and 200 in statuses
-    assert "serve.max_concurrency" in next(out["error"] for s, out in answers if s == 503)
+    assert "serve.max_concurrency" in next(out["detail"] for s, out in answers if s == 503)
     assert call(ner_server, "/extract_entities", {"texts": ["Paris"]}, key=API_KEY)[0] == 200
 
 

@@ -26,7 +26,14 @@ def exported_job(tmp_path_factory, tiny_model_dir):
 
 
 def test_latency_harness_writes_every_documented_file_and_key(exported_job):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = load_config(exported_job).job_dir / f"export/.onnx-fp32.tmp-{dead.pid}-x"  # an export killed mid-write
+    leftover.mkdir()
     assert latency.main(["--config", str(exported_job), *FEW]) == 0
+    assert not leftover.exists()
     reports = load_config(exported_job).job_dir / "reports"
     report = json.loads((reports / "latency.json").read_text())
     labels = [r["label"] for r in report["results"]]

@@ -80,3 +80,10 @@ def test_default_model_is_the_packaged_minilm():
     path = default_model_path()
     assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
     assert JobConfig().model.path is None
+
+
+@pytest.mark.parametrize("job", ["/", "../up", "a/b", ".hidden", "..", "x y"])
+def test_a_job_name_cannot_leave_the_artifacts_directory(job):
+    with pytest.raises(ConfigError, match="letters, digits, '.', '_' and '-' only"):
+        load_config(None, [f"job={job}"])
+    assert load_config(None, ["job=books-to-kitchen_v2.1"]).job == "books-to-kitchen_v2.1"

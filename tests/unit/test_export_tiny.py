@@ -258,3 +258,95 @@ def test_bitsandbytes_variants_save_and_reload(job):
         config = json.loads((cfg.job_dir / "export" / name / "config.json").read_text())
         assert "quantization_config" in config, "saved quantized: reloads without re-quantizing"
         load_runner(cfg.job_dir / "export" / name)
+
+
+def test_a_changed_gate_is_applied_to_reused_variants(job, monkeypatch):
+    """A variant built under a lenient gate is not waved through by a stricter one just because it is up to date."""
+    real_optimize = build.optimize
+
+    def broken_optimize(src, dst, **kw):  # negated logits: the opposite class, ratio far below 1
+        real_optimize(src, dst, **kw)
+        model = onnx.load(str(dst))
+        producer = next(n for n in model.graph.node if "logits" in n.output)
+        producer.output[list(producer.output).index("logits")] = "logits_raw"
+        model.graph.node.append(onnx.helper.make_node("Neg", ["logits_raw"], ["logits"]))
+        onnx.save(model, str(dst))
+
+    monkeypatch.setattr(build, "optimize", broken_optimize)
+    lenient = load_config(job, ["export.min_accuracy_ratio=0.01"])
+    assert Exporter(lenient, force=True).run(["onnx-fp32"])["best"] == "onnx-fp32"
+    monkeypatch.undo()
+    mtime = (lenient.job_dir / "export/onnx-fp32/model.onnx").stat().st_mtime_ns
+    report = Exporter(load_config(job)).run(["onnx-fp32"])  # the default gate, 0.99
+    row = next(r for r in report["rows"] if r["variant"] == "onnx-fp32")
+    assert (lenient.job_dir / "export/onnx-fp32/model.onnx").stat().st_mtime_ns == mtime, "reused, not rebuilt"
+    assert row["status"] == "rejected" and report["best"] is None
+    Exporter(load_config(job), force=True).run(["onnx-fp32"])  # leave a good variant for the other tests
+
+
+def test_serve_refuses_a_rejected_or_stale_best_unless_named(job, tmp_path):
+    from serve.__main__ import servable
+
+    cfg = load_config(job)
+    Exporter(cfg).run(["onnx-fp32"])
+    good = cfg.job_dir / "export/onnx-fp32"
+    assert servable(cfg, good) == []
+    assert "under the gate's 1.0" in servable(load_config(job, ["export.min_accuracy_ratio=1.0"]), good)[0] or (
+        manifest.read(good)["quality"]["ratio"] >= 1.0
+    )
+    # The job's checkpoint was fine-tuned again since: its export is stale.
+    other = load_config(job, [f"output_dir={tmp_path}"])
+    (other.job_dir / "export").mkdir(parents=True)
+    (other.job_dir / "checkpoint").mkdir()
+    (other.job_dir / "checkpoint/model.safetensors").write_bytes(b"newer weights")
+    manifest.write(other.job_dir / "checkpoint", kind="checkpoint", config={}, parent={}, quality={})
+    stale = other.job_dir / "export/onnx-fp32"
+    stale.mkdir()
+    for f in good.iterdir():
+        (stale / f.name).write_bytes(f.read_bytes())
+    (other.job_dir / "export/best").symlink_to("onnx-fp32")
+    assert servable(other, stale) == ["it was exported from an earlier checkpoint than the job's current one"]
+    cfg_file = tmp_path / "job.yaml"
+    cfg_file.write_text(job.read_text().replace(str(job.parent / "artifacts"), str(tmp_path)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "serve", "--config", str(cfg_file), f"output_dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "earlier checkpoint" in proc.stderr and "serve.variant=<name>" in proc.stderr
+
+
+def test_the_scratch_directory_goes_when_an_export_fails(job, monkeypatch):
+    import tempfile
+    from pathlib import Path
+
+    before = set(Path(tempfile.gettempdir()).glob("domainlift-export-*"))
+    monkeypatch.setattr(Exporter, "time_rows", lambda self, rows: (_ for _ in ()).throw(RuntimeError("interrupted")))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        Exporter(load_config(job)).run(["onnx-fp32"])
+    assert set(Path(tempfile.gettempdir()).glob("domainlift-export-*")) == before
+
+
+def test_a_full_disk_during_export_is_a_clear_error_and_nothing_looks_complete(job, tmp_path):
+    """The export runs with a 1 MB file-size limit (RLIMIT_FSIZE, what a full disk looks like to a writer without
+    needing root for a small tmpfs): the ONNX graph cannot be written."""
+    out = tmp_path / "artifacts"
+    (out / "t").mkdir(parents=True)
+    src = load_config(job).job_dir / "checkpoint"
+    (out / "t/checkpoint").mkdir()
+    for f in src.iterdir():
+        (out / "t/checkpoint" / f.name).write_bytes(f.read_bytes())
+    script = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000)); "
+        "from export.__main__ import main; "
+        f"sys.exit(main(['--config', {str(job)!r}, 'output_dir={out}', 'job=t', '--variants', 'onnx-fp32']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "out of disk space" in proc.stderr + proc.stdout and "failed to build: onnx-fp32" in proc.stderr
+    export = out / "t/export"
+    assert not (export / "onnx-fp32").exists() and not (export / "best").exists()
+    assert not [p for p in export.iterdir() if manifest.is_leftover(p)], "nothing half-written left behind"

@@ -162,6 +162,10 @@ def test_killed_run_resumes_from_its_last_saved_state(tmp_path, tiny_model_dir):
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 2 and "pass --resume to continue" in out
 
+    p = _cli(cfg, "--resume", "train.learning_rate=1e-3")  # resuming is for the same run, not a changed one
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 2 and "was started with another config or data (config train changed" in out
+
     p = _cli(cfg, "--resume")
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out

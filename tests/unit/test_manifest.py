@@ -78,3 +78,28 @@ def test_manifest_is_json(tmp_path):
     _artifact(tmp_path / "a")
     data = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert data["schema_version"] == manifest.SCHEMA_VERSION and data["kind"] == "test"
+
+
+def test_an_edited_file_list_no_longer_adds_up_to_the_digest(tmp_path):
+    root = tmp_path / "a"
+    _artifact(root)
+    (root / "weights.bin").write_bytes(b"\x01" * 100)
+    m = json.loads((root / manifest.MANIFEST).read_text())
+    m["files"]["weights.bin"]["sha256"] = manifest.file_sha256(root / "weights.bin")  # the file list rewritten too
+    (root / manifest.MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(ManifestError, match="was edited: its file list does not add up to its sha256"):
+        manifest.verify(root)
+
+
+def test_leftovers_of_killed_writers_go_and_live_writers_keep_theirs(tmp_path):
+    import os
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid now belongs to no process
+    for name in (f".v.tmp-{dead.pid}-abc", f".v.old-{dead.pid}", f".w.tmp-{os.getpid()}-x", ".hidden"):
+        (tmp_path / name).mkdir()
+    with manifest.atomic_dir(tmp_path / "v") as tmp:
+        (tmp / "f").write_text("x")
+        assert tmp.name.startswith(f".v.tmp-{os.getpid()}-") and manifest.is_leftover(tmp)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", f".w.tmp-{os.getpid()}-x", "v"]
