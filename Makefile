@@ -4,6 +4,9 @@ PYTHON ?= .venv/bin/python
 JOB ?= sentiment-kitchen
 CONFIG ?= configs/$(JOB).yaml
 ARGS ?=
+# Each flag reaches only the stage that takes it: --resume and --overwrite are fine-tuning's (export rebuilds what is
+# out of date by itself; --force rebuilds everything), so `make finetune export ARGS=--overwrite` works.
+STAGE_ARGS = $(filter-out --resume --overwrite,$(ARGS))
 PORT ?= 3000
 # The CPU build of torch lies on this machine's disk; on a GPU machine use e.g. TORCH="torch==2.13.0" from
 # the CUDA index. It is installed before the project so pip never resolves a bare `torch` to a CUDA build.
@@ -21,22 +24,22 @@ finetune:
 	$(PYTHON) -m finetune --config $(CONFIG) $(ARGS)
 
 export:  # checkpoint -> ONNX / int8 / int4 / pruned variants, verified; report in artifacts/$(JOB)/export/
-	$(PYTHON) -m export --config $(CONFIG) $(ARGS)
+	$(PYTHON) -m export --config $(CONFIG) $(STAGE_ARGS)
 
 serve:  # the best exported variant behind BentoML on 127.0.0.1:$(PORT) (serve.variant= picks another)
-	$(PYTHON) -m serve --config $(CONFIG) --port $(PORT) $(ARGS)
+	$(PYTHON) -m serve --config $(CONFIG) --port $(PORT) $(STAGE_ARGS)
 
 bento:  # a self-contained bento (bentofile.yaml) of the served variant; then `bentoml containerize`
-	$(PYTHON) -m serve --config $(CONFIG) --build $(ARGS)
+	$(PYTHON) -m serve --config $(CONFIG) --build $(STAGE_ARGS)
 
 bench:  # latency of the checkpoint and every export variant, CPU (and GPU when present); tables + plots
-	$(PYTHON) -m benchmarks.latency --config $(CONFIG) $(ARGS)
+	$(PYTHON) -m benchmarks.latency --config $(CONFIG) $(STAGE_ARGS)
 
 loadtest:  # Locust, headless and bounded (the job's loadtest: section), against a service it starts; fails on errors
-	$(PYTHON) -m benchmarks.loadtest --config $(CONFIG) $(ARGS)
+	$(PYTHON) -m benchmarks.loadtest --config $(CONFIG) $(STAGE_ARGS)
 
 bench-serve:  # the same Locust profile against (a) this service, (b) it without batching, (c) a naive pipeline service
-	$(PYTHON) -m benchmarks.bench_serve --config $(CONFIG) $(ARGS)
+	$(PYTHON) -m benchmarks.bench_serve --config $(CONFIG) $(STAGE_ARGS)
 
 adapt-matrix:  # methods x domain pairs vs the baseline; PAIRS=books:kitchen,dvd:electronics; SEEDS=42,43; SUITE=crossner
 	$(PYTHON) -m benchmarks.adapt_matrix $(if $(SUITE),--suite $(SUITE)) $(if $(PAIRS),--pairs $(PAIRS)) \

@@ -70,8 +70,18 @@ class Trained:
 
 
 def run(cfg: JobConfig, resume: bool = False, overwrite: bool = False) -> Path | None:
-    """Fine-tune per cfg; return the checkpoint directory (None on non-main processes)."""
-    job = setup(cfg, resume or cfg.train.resume, overwrite)
+    """Fine-tune per cfg; return the checkpoint directory (None on non-main processes). A checkpoint made from the
+    same config and data is kept (--overwrite retrains it anyway); one made from another is replaced."""
+    resume = resume or cfg.train.resume
+    existing = cfg.job_dir / CHECKPOINT
+    if not overwrite and not resume and (existing / manifest.MANIFEST).is_file():
+        changed = changes_since(existing, cfg)
+        if not changed:
+            log.info("%s is up to date (same config and data): not fine-tuned again (--overwrite does)", existing)
+            return existing
+        log.info("fine-tuning again: %s changed since %s was made", ", ".join(changed), existing)
+        overwrite = True
+    job = setup(cfg, resume, overwrite)
     start = phases.run(cfg, job.base, job.tokenizer, job.splits.unlabeled, job.run_dir, job.resume)
     trained = None if job.teacher else train(job, start, job.method, job.encoded["train"], job.run_dir)
     teaching = {}
@@ -263,6 +273,7 @@ def save(job: Job, trained: Trained, results: dict, overwrite: bool) -> Path:
                 "source_dev": results["source_dev"][metric],
             },
             producer="finetune",
+            fingerprint=fingerprint(cfg),
         )
     log.info(
         "target test %s = %.4f, source dev %s = %.4f, %.0f s of training -> %s",
@@ -316,6 +327,19 @@ def fingerprint(cfg: JobConfig) -> dict:
         "config": {k: sha(v) for k, v in sections.items()},
         "data": {p: files(p) for p in paths if Path(p).exists()},
     }
+
+
+def changes_since(checkpoint: Path, cfg: JobConfig) -> list[str]:
+    """What differs between the config and data a checkpoint was made from and cfg's ([] = up to date)."""
+    then, now = manifest.read(checkpoint).get("fingerprint"), fingerprint(cfg)
+    if then is None:
+        return ["the checkpoint's recorded inputs (it predates fingerprints)"]
+    return [
+        f"{part} {k}"
+        for part in now
+        for k in {**now[part], **then.get(part, {})}
+        if then.get(part, {}).get(k) != now[part].get(k)
+    ]
 
 
 def _resume_point(run_dir: Path, resume: bool, overwrite: bool, now: dict) -> str | None:

@@ -91,15 +91,24 @@ def test_ner_with_pretrain_phase(tmp_path, tiny_model_dir):
     assert manifest.verify(encoder)["kind"] == "pretrained-encoder"
 
 
-def test_existing_checkpoint_is_refused_unless_overwrite(tmp_path, tiny_model_dir):
-    cfg = load_config(write_config(tmp_path, model={"path": str(tiny_model_dir)}))
-    run(cfg)
-    before = manifest.read(tmp_path / "artifacts/t/checkpoint")["created"]
-    with pytest.raises(FileExistsError, match="already holds a checkpoint; pass --overwrite"):
-        run(cfg)
-    assert manifest.read(tmp_path / "artifacts/t/checkpoint")["created"] == before
-    run(cfg, overwrite=True)
-    manifest.verify(tmp_path / "artifacts/t/checkpoint")
+def test_a_second_run_keeps_an_up_to_date_checkpoint_and_retrains_a_changed_one(tmp_path, tiny_model_dir, caplog):
+    """The README's first command works twice: the same config and data reuse the checkpoint; a change retrains."""
+    cfg_path = write_config(tmp_path, model={"path": str(tiny_model_dir)})
+    ckpt = tmp_path / "artifacts/t/checkpoint"
+    run(load_config(cfg_path))
+    mtime = (ckpt / "model.safetensors").stat().st_mtime_ns
+    with caplog.at_level("INFO"):
+        assert run(load_config(cfg_path)) == ckpt
+    assert "is up to date (same config and data): not fine-tuned again" in caplog.text
+    assert (ckpt / "model.safetensors").stat().st_mtime_ns == mtime
+    with caplog.at_level("INFO"):
+        run(load_config(cfg_path, ["train.learning_rate=1e-3"]))
+    assert "fine-tuning again: config train changed" in caplog.text
+    assert manifest.read(ckpt)["config"]["train"]["learning_rate"] == 1e-3
+    mtime = (ckpt / "model.safetensors").stat().st_mtime_ns
+    run(load_config(cfg_path, ["train.learning_rate=1e-3"]), overwrite=True)  # --overwrite retrains anyway
+    assert (ckpt / "model.safetensors").stat().st_mtime_ns != mtime
+    manifest.verify(ckpt)
 
 
 def test_model_dir_without_weights(tmp_path, tiny_model_dir):
