@@ -12,7 +12,7 @@ PORT ?= 3000
 # the CUDA index. It is installed before the project so pip never resolves a bare `torch` to a CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup finetune export serve bento bench loadtest bench-serve adapt-matrix test test-fast quality style clean
+.PHONY: setup finetune export serve bento bench loadtest bench-serve readapt adapt-matrix test test-fast quality style clean
 
 setup:
 	test -x $(PYTHON) || python3 -m venv .venv
@@ -40,6 +40,9 @@ loadtest:  # Locust, headless and bounded (the job's loadtest: section), against
 
 bench-serve:  # the same Locust profile against (a) this service, (b) it without batching, (c) a naive pipeline service
 	$(PYTHON) -m benchmarks.bench_serve --config $(CONFIG) $(STAGE_ARGS)
+
+readapt:  # the served model adapted to its captured traffic, exported, gated, promoted if better (docs/monitoring.md)
+	$(PYTHON) -m readapt --config $(CONFIG) $(STAGE_ARGS)
 
 adapt-matrix:  # methods x domain pairs vs the baseline; PAIRS=books:kitchen,dvd:electronics; SEEDS=42,43; SUITE=crossner
 	$(PYTHON) -m benchmarks.adapt_matrix $(if $(SUITE),--suite $(SUITE)) $(if $(PAIRS),--pairs $(PAIRS)) \

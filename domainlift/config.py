@@ -50,6 +50,9 @@ class DataConfig:
     # target's text field) or {path: ..., text_field: ...}. Logged production traffic is exactly this. Copies of
     # test texts and texts already in the corpus are dropped with a warning that counts them.
     unlabeled: list = field(default_factory=list)
+    # Whether the target's train part (its labels never read) is unlabeled text too; false: only data.unlabeled is
+    # (make readapt adapts to the captured traffic alone).
+    target_train_unlabeled: bool = True
     # jsonl | csv | conll; null = from the file extension (.jsonl/.json, .csv, .txt/.conll).
     format: Literal["jsonl", "csv", "conll"] | None = None
     text_field: str = "text"  # jsonl/csv column holding the text
@@ -243,7 +246,21 @@ class ExportConfig:
     # With distillation: weight of the hidden-state loss (every layer, student vs unpruned teacher); 0 = logits only.
     prune_hidden_weight: float = 0.0
     latency_samples: int = 100  # test texts timed one at a time (batch 1, natural length)
+    # The drift reference saved with each variant (drift_profile.json): its predictions on this many of the
+    # target domain's unlabeled texts; the service compares live traffic with it (docs/monitoring.md).
+    drift_samples: int = 500
     latency_threads: int | None = None  # intra-op threads for timing; null = all cores
+
+
+@dataclass
+class CaptureConfig:
+    # Opt-in capture of served texts, the unlabeled text `make readapt` adapts to (serve/capture.py): JSONL files in
+    # `dir`, a new one every file_mb, the oldest removed beyond max_mb; e-mail addresses, phone numbers and runs of
+    # 6+ digits masked unless mask is false. dir null = off (the default): no text is stored.
+    dir: str | None = None
+    max_mb: float = 100.0
+    file_mb: float = 10.0
+    mask: bool = True
 
 
 @dataclass
@@ -281,6 +298,10 @@ class ServeConfig:
     # Request texts never reach the server log (a 400 logs one line: route, status, error kind). True logs
     # BentoML's full error report with the offending values, for debugging on a machine you trust.
     log_request_text: bool = False
+    # Drift (domainlift/drift.py, docs/monitoring.md): the latest drift_window texts against the reference profile
+    # saved with the variant; /metrics has domainlift_drift_score and domainlift_drift_psi{part}. 0 = off.
+    drift_window: int = 1000
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
 
 
 @dataclass
@@ -311,6 +332,19 @@ class BenchConfig:
 
 
 @dataclass
+class ReadaptConfig:
+    # make readapt (python -m readapt, docs/monitoring.md): the texts captured in serving (serve.capture.dir) become
+    # the unlabeled target text; `method` adapts the served model to them without labels; the candidate is exported,
+    # gated on the labelled test part of `target`, and promoted (imported into the model store, served by the next
+    # `make serve`) when it scores at least the served model's score + min_gain there. A rejected one is kept.
+    method: str = "self-train"  # a label-free method.name; self-train is taught by the served model
+    # A labelled domain of the new traffic (a path or a mapping, as data.target): only its test part is read, to gate.
+    target: str | DomainConfig | None = None
+    min_texts: int = 200  # fewer captured texts than this is an error: too little to adapt to
+    min_gain: float = 0.0  # in the main metric (0.01 = one accuracy point)
+
+
+@dataclass
 class JobConfig:
     job: str | None = None  # artifacts go to <output_dir>/<job>/; null = the config file's name
     output_dir: str = "artifacts"
@@ -323,6 +357,7 @@ class JobConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     loadtest: LoadtestConfig = field(default_factory=LoadtestConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    readapt: ReadaptConfig = field(default_factory=ReadaptConfig)
 
     @property
     def job_dir(self) -> Path:
@@ -536,6 +571,8 @@ def _check_serve(s: ServeConfig) -> None:
     ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"serve.{name} is {getattr(s, name)}; it must be positive")
+    if s.drift_window < 0 or s.capture.max_mb <= 0 or not 0 < s.capture.file_mb <= s.capture.max_mb:
+        raise ConfigError("serve.drift_window >= 0; serve.capture: max_mb > 0 and 0 < file_mb <= max_mb")
     if s.rate_limit < 0:
         raise ConfigError(f"serve.rate_limit is {s.rate_limit}; use requests per second, or 0 for no limit")
 

@@ -313,6 +313,8 @@ def build_splits(cfg: DataConfig) -> Splits:
         train = datasets.concatenate_datasets([train, few])
         log.info("few-shot: %d labelled target examples added to %d source examples", len(few), len(train) - len(few))
     unlabeled = target_train.remove_columns([c for c in ("label", "tags") if c in target_train.column_names])
+    if not cfg.target_train_unlabeled:
+        unlabeled = unlabeled.select([])
     if cfg.unlabeled:
         unlabeled = _add_unlabeled(unlabeled, read_unlabeled(cfg.unlabeled, layout(cfg.target, cfg), cfg.task), test)
 

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from domainlift import metrics
+from domainlift import drift, metrics
 from domainlift.runtime import pad_batch
 from domainlift.tasks import IGNORE, MODEL_INPUTS
 
@@ -97,3 +97,14 @@ def time_interleaved(load_runner, dirs: dict, enc, tokenizer, n: int, rounds: in
         name: {key: statistics.median(m[key] for m in runs) for key in ("p50", "mean", "total")}
         for name, runs in per_round.items()
     }
+
+
+def drift_profile(runner, enc, tokenizer, labels: list[str]) -> dict:
+    """The variant's reference profile (domainlift/drift.py) on tokenized target-domain texts."""
+    logits = predict(runner, enc, tokenizer)
+    special = set(tokenizer.all_special_ids)
+    items = [
+        drift.features(logits[i][: len(ids)] if logits.ndim == 3 else logits[i], ids, labels, special)
+        for i, ids in enumerate(enc["input_ids"])
+    ]
+    return drift.reference(items, labels)

@@ -20,7 +20,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from domainlift import data as data_mod
-from domainlift import manifest, tasks
+from domainlift import drift, manifest, tasks
 from domainlift.config import JobConfig
 from domainlift.errors import ConfigError, ExportError, ManifestError
 from domainlift.runtime import TorchRunner, load_runner, runtime_of
@@ -52,6 +52,7 @@ class Exporter:
         self.work = Path(tempfile.mkdtemp(prefix="domainlift-export-"))
         self.graphs = variants.Graphs(self.work, self.task, cfg.export.opset, self._calibration)
         self._pruned: dict[int, Path] = {}
+        self._drift_texts = None
 
     def encode(self, ds, name: str):
         return tasks.tokenize(ds, self.tokenizer, self.labels, self.cfg.model.max_length, self.task, name)
@@ -103,6 +104,10 @@ class Exporter:
                 with manifest.atomic_dir(self.out / v.name, overwrite=True) as tmp:
                     self.build(v, tmp)
                     quality = self.measure(tmp, ref_logits)
+                    if len(self.drift_texts()):  # the reference the service compares its traffic with
+                        texts, runner = self.drift_texts(), self.runner(tmp)
+                        profile = evaluate.drift_profile(runner, texts, self.tokenizer, self.labels)
+                        (tmp / drift.PROFILE_FILE).write_text(json.dumps(profile) + "\n")
                     self._gate(quality, ref_quality, metric)
                     manifest.write(
                         tmp,
@@ -157,6 +162,13 @@ class Exporter:
             out = self.work / f"pruned-{pct}"
             self._pruned[pct] = prune.pruned_model(self.ckpt, self.cfg, dev, train, self.tokenizer, out, pct)
         return self._pruned[pct]
+
+    def drift_texts(self):
+        """The target-domain texts every variant's drift reference is computed on (tokenized once)."""
+        if self._drift_texts is None:
+            n = min(self.cfg.export.drift_samples, len(self.splits.unlabeled))
+            self._drift_texts = self.encode(self.splits.unlabeled.select(range(n)), "drift reference")
+        return self._drift_texts
 
     def _calibration(self) -> list[dict]:
         """onnx-int8-static's calibration batches: target-domain unlabeled text, one text per batch."""

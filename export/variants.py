@@ -154,6 +154,7 @@ def parse(name: str, cfg: JobConfig) -> Variant:
     recipe: dict = {
         "variant": name,
         "opset": e.opset,
+        "drift_profile": {"samples": e.drift_samples, "data": "target unlabeled"},
         "steps": (["prune"] if pct else []) + (list(BASES[base].steps) if base else []),
     }
     if pct:

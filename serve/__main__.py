@@ -9,6 +9,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -16,7 +17,7 @@ from domainlift import cli, manifest
 from domainlift.config import load_config
 from domainlift.errors import ConfigError
 from serve.gate import api_keys
-from serve.model_store import import_variant
+from serve.model_store import import_variant, served_variant
 
 SERVICE = "serve.service:DomainLift"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -30,7 +31,7 @@ def servable(cfg, variant_dir) -> list[str]:
     ratio, floor = quality.get("ratio") or 0.0, cfg.export.min_accuracy_ratio
     if not quality.get("accepted") or ratio < floor:
         problems.append(f"its accuracy ratio {ratio:.4f} is under the gate's {floor} (export.min_accuracy_ratio)")
-    checkpoint = cfg.job_dir / "checkpoint"
+    checkpoint = Path(variant_dir).resolve().parent.parent / "checkpoint"  # its job's (a promoted candidate's own)
     if (checkpoint / manifest.MANIFEST).is_file() and manifest.read(checkpoint)["sha256"] != m["parent"]["sha256"]:
         problems.append("it was exported from an earlier checkpoint than the job's current one")
     return problems
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
             f"--host {args.host} opens the service to other machines, and DOMAINLIFT_API_KEY is not set: set it "
             "(clients then send 'Authorization: Bearer <key>'), or pass --insecure to serve it without auth"
         )
-    variant_dir = cfg.job_dir / "export" / cfg.serve.variant
+    variant_dir = served_variant(cfg)
     if not variant_dir.is_dir():
         raise ConfigError(
             f"{variant_dir} does not exist: run `make export JOB={cfg.job}` first, or set serve.variant to one of "

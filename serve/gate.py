@@ -72,9 +72,11 @@ class TokenBuckets:
 
 
 class Gate:
-    def __init__(self, app, settings):
+    def __init__(self, app, settings, responses=None):
+        """responses: a counter with a `code` label, incremented for every answer but the health probes'."""
         self.app = app
         self.settings = settings
+        self.responses = responses
         self.keys = api_keys()
         self.buckets = TokenBuckets(settings.rate_limit, settings.rate_burst) if settings.rate_limit else None
         self.in_flight = 0
@@ -86,6 +88,8 @@ class Gate:
         path = scope["path"]
         if path in HEALTH:
             return await self.app(scope, receive, send)
+        if self.responses is not None:
+            send = counted(send, self.responses)
         client = self.authorized(scope)
         if client is None:
             message = "missing or wrong API key: send the header 'Authorization: Bearer <DOMAINLIFT_API_KEY>'"
@@ -144,6 +148,15 @@ class Gate:
             timeout = self.settings.body_timeout_s
             await respond(send, 408, f"the request body did not arrive within {timeout:g} s (serve.body_timeout_s)")
             return None
+
+
+def counted(send, responses):
+    async def send_counted(message):
+        if message["type"] == "http.response.start":
+            responses.labels(code=str(message["status"])).inc()
+        return await send(message)
+
+    return send_counted
 
 
 def replay(body: bytes, receive):

@@ -8,6 +8,7 @@ them against the manifest again before loading.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -39,6 +40,18 @@ def summary(m: dict) -> dict:
         "sha256": m["sha256"],
         "parent_sha256": m["parent"]["sha256"],
     }
+
+
+PROMOTED = "promoted.json"  # in artifacts/<job>/serve/: the candidate `make readapt` promoted, served from then on
+
+
+def served_variant(cfg) -> Path:
+    """The variant `make serve` serves for a job: the promoted candidate when there is one and serve.variant is
+    best, else artifacts/<job>/export/<serve.variant>."""
+    promoted = cfg.job_dir / "serve" / PROMOTED
+    if promoted.is_file() and cfg.serve.variant == "best":
+        return Path(json.loads(promoted.read_text())["variant_dir"])
+    return cfg.job_dir / "export" / cfg.serve.variant
 
 
 def check_stored(artifact_dir: Path, tag: str) -> dict:

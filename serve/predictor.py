@@ -10,11 +10,12 @@ model's maximum: on a CPU, padding a 20-token review to a 250-token one costs mo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
-from domainlift import manifest
+from domainlift import drift, manifest
 from domainlift.runtime import load_runner, pad_batch
 from domainlift.tasks import MODEL_INPUTS
 
@@ -34,6 +35,7 @@ class Predictor:
         micro_batch_size: int = 8,
         max_chars: int | None = None,
         verify: bool = True,
+        drift_window: int = 0,
     ):
         from transformers import AutoTokenizer
 
@@ -46,6 +48,12 @@ class Predictor:
         self.max_length = int(self.manifest["config"]["model"]["max_length"])
         self.micro_batch_size = micro_batch_size
         self.max_chars = max_chars  # longer texts are cut to this (the service rejects them before, if so set)
+        # Drift: the latest drift_window texts against the reference profile exported with the model, if it has one.
+        profile_file = Path(root) / drift.PROFILE_FILE
+        self.window = None
+        if drift_window and profile_file.is_file():
+            self.window = drift.Window(json.loads(profile_file.read_text()), drift_window)
+        self.special_ids = set(self.tokenizer.all_special_ids)
 
     def warm_up(self) -> None:
         """One call per micro-batch shape class, so the first real request does not pay for allocation."""
@@ -53,7 +61,8 @@ class Predictor:
             self._logits([WARM_UP_TEXT * 4] * n)
 
     def classify(self, texts: list[str]) -> list[dict]:
-        logits, _, truncated, lengths = self._logits(texts)
+        logits, enc, truncated, lengths = self._logits(texts)
+        self._watch(logits, enc)
         out = []
         for row, cut, n in zip(logits, truncated, lengths):
             p = softmax(row)
@@ -64,12 +73,20 @@ class Predictor:
 
     def extract_entities(self, texts: list[str]) -> list[dict]:
         logits, enc, truncated, lengths = self._logits(texts, offsets=True)
+        self._watch(logits, enc)
         out = []
         for i, text in enumerate(texts):
             words = (enc.word_ids(i), enc["offset_mapping"][i])
             entities = aggregate_entities(text, *words, softmax(logits[i]), self.labels)
             out.append({"entities": entities, "tokens": lengths[i], "truncated": truncated[i]})
         return out
+
+    def _watch(self, logits: list[np.ndarray], enc) -> None:
+        if self.window is not None:
+            ids = enc["input_ids"]
+            self.window.add(
+                [drift.features(row, ids[i], self.labels, self.special_ids) for i, row in enumerate(logits)]
+            )
 
     def _logits(self, texts: list[str], offsets: bool = False):
         """Per-text logits ([labels] or [tokens, labels]), the encoding, which texts were cut, token counts."""

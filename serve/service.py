@@ -17,8 +17,10 @@ from bentoml.exceptions import NotFound
 from pydantic import AfterValidator, BaseModel
 
 from domainlift.config import serve_config
+from domainlift.drift import DRIFT_THRESHOLD
 from domainlift.errors import ManifestError
 from domainlift.tasks import ROUTE
+from serve.capture import Capture
 from serve.gate import Gate, quiet_client_errors
 from serve.model_store import ARTIFACT, check_stored, summary
 from serve.predictor import Predictor
@@ -43,6 +45,24 @@ INPUT_TOKENS = bentoml.metrics.Histogram(
     name="domainlift_input_tokens",
     documentation="Input length in tokens after truncation to the model's max_length",
     buckets=(8, 16, 32, 64, 128, 256, 512),
+)
+# Drift against the reference profile exported with the model (domainlift/drift.py): over DRIFT_THRESHOLD, the
+# traffic has left the domain the model was adapted to (deploy/prometheus/alerts.yml fires DomainliftDrift).
+DRIFT_SCORE = bentoml.metrics.Gauge(
+    name="domainlift_drift_score",
+    documentation=f"Largest PSI of the drift parts over the latest served texts; > {DRIFT_THRESHOLD} = drift",
+)
+DRIFT_PSI = bentoml.metrics.Gauge(
+    name="domainlift_drift_psi", documentation="PSI of one drift part against the reference", labelnames=["part"]
+)
+RESPONSES = bentoml.metrics.Counter(
+    name="domainlift_responses",
+    documentation="Answers by HTTP status code (every route but the health probes; serve/gate.py)",
+    labelnames=["code"],
+)
+CAPTURED = bentoml.metrics.Counter(name="domainlift_captured_texts", documentation="Texts written by serve.capture")
+CAPTURE_ERRORS = bentoml.metrics.Counter(
+    name="domainlift_capture_errors", documentation="Requests whose texts serve.capture could not write"
 )
 
 
@@ -110,7 +130,10 @@ class DomainLift:
             micro_batch_size=SETTINGS.micro_batch_size,
             max_chars=SETTINGS.max_chars,
             verify=False,  # just checked
+            drift_window=SETTINGS.drift_window,
         )
+        c = SETTINGS.capture
+        self.capture = Capture(c.dir, c.max_mb, c.file_mb, c.mask, CAPTURE_ERRORS.inc) if c.dir else None
         self.info = {"tag": MODEL_TAG, **summary(self.predictor.manifest)}
         self.predictor.warm_up()  # /readyz answers 200 only after this: loaded and warmed up
 
@@ -124,6 +147,7 @@ class DomainLift:
             PREDICTIONS.labels(label=r["label"]).inc()
             CONFIDENCE.observe(r["score"])
             INPUT_TOKENS.observe(r["tokens"])
+        self._watch(texts)
         return results
 
     @bentoml.api(
@@ -137,7 +161,17 @@ class DomainLift:
             for e in r["entities"]:
                 PREDICTIONS.labels(label=e["type"]).inc()
                 CONFIDENCE.observe(e["score"])
+        self._watch(texts)
         return results
+
+    def _watch(self, texts: list[str]) -> None:
+        """Drift gauges from the predictor's window, and the texts to the capture when it is on."""
+        scores = self.predictor.window.scores() if self.predictor.window else {}
+        for part, value in scores.items():
+            (DRIFT_SCORE if part == "score" else DRIFT_PSI.labels(part=part)).set(value)
+        if self.capture:
+            self.capture.add(texts)
+            CAPTURED.inc(len(texts))
 
     @bentoml.api(route="/model")
     def model_info(self) -> dict:
@@ -150,6 +184,7 @@ class DomainLift:
             raise NotFound(f"this service's model ({self.info['job']}) does {does}: POST to {ROUTE[does]}")
 
 
-DomainLift.add_asgi_middleware(Gate, settings=SETTINGS)  # auth, limits, one error shape: serve/gate.py
+# Auth, limits, one error shape, response counts: serve/gate.py
+DomainLift.add_asgi_middleware(Gate, settings=SETTINGS, responses=RESPONSES)
 if not SETTINGS.log_request_text:
     quiet_client_errors()
