@@ -299,7 +299,8 @@ class ServeConfig:
     # BentoML's full error report with the offending values, for debugging on a machine you trust.
     log_request_text: bool = False
     # Drift (domainlift/drift.py, docs/monitoring.md): the latest drift_window texts against the reference profile
-    # saved with the variant; /metrics has domainlift_drift_score and domainlift_drift_psi{part}. 0 = off.
+    # saved with the variant; /metrics has domainlift_drift_score and domainlift_drift_psi{part} once it holds 200
+    # texts (fewer are too noisy: domainlift/drift.py). 0 = off.
     drift_window: int = 1000
     capture: CaptureConfig = field(default_factory=CaptureConfig)
 

@@ -15,7 +15,9 @@ on bin shares (an empty bin counts as a share of 1e-4), and the drift score is t
 one number per part that works the same for a categorical part (labels) and a binned one (confidence, length,
 vocabulary), it needs only counts (the service updates it per request in microseconds), and its scale has
 conventional readings in production monitoring: under 0.1 stable, 0.1-0.25 moving, over 0.25 a real shift.
-DRIFT_THRESHOLD is that 0.25; docs/monitoring.md shows the score on in-domain and shifted traffic.
+DRIFT_THRESHOLD is that 0.25; docs/monitoring.md shows the score on in-domain and shifted traffic. On traffic that
+did not move, PSI over n texts is still about (bins - 1) / n by chance alone (0.18 for the 10 confidence bins at
+n = 50), so a window reports nothing until it holds MIN_TEXTS texts (0.045 there).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ CONFIDENCE_EDGES = [i / 10 for i in range(1, 10)]  # 10 bins over [0, 1]
 LENGTH_EDGES = [8, 16, 32, 64, 128, 256, 512]
 VOCABULARY_SIZE = 200
 FLOOR = 1e-4
+MIN_TEXTS = 200
 
 
 def features(logits: np.ndarray, token_ids: list[int], label_names: list[str], special_ids: set[int]) -> dict:
@@ -125,9 +128,9 @@ class Window:
                 self._bins.count(self.counts, it, 1)
 
     def scores(self) -> dict[str, float]:
-        """PSI per part and `score`, the largest; empty until the window holds a text."""
+        """PSI per part and `score`, the largest; empty until the window holds MIN_TEXTS texts (or is full)."""
         with self._lock:
-            if not self.items:
+            if len(self.items) < min(MIN_TEXTS, self.size):
                 return {}
             parts = {part: psi(self.counts[part], self.profile["shares"][part]) for part in PARTS}
         return {**parts, "score": max(parts.values())}
