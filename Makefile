@@ -18,7 +18,7 @@ setup:
 	test -x $(PYTHON) || python3 -m venv .venv
 	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q "$(TORCH)"
-	$(PYTHON) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PYTHON) -m pip install -q -c constraints.txt -e ".[serve,bench,dev]"
 
 finetune:
 	$(PYTHON) -m finetune --config $(CONFIG) $(ARGS)
