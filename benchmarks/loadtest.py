@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.server import running_server
+from benchmarks.server import memory_mb, running_server
 from domainlift import cli, tasks
 from domainlift.config import load_config
 from domainlift.data import build_splits
@@ -86,11 +86,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cfg, out, texts_file = prepare(args)
     if args.url:
-        summary = run_locust(args.url, cfg, texts_file, out)
+        summary = {**run_locust(args.url, cfg, texts_file, out), "server_memory_mb": memory_mb(args.url)}
     else:
         serve = [sys.executable, "-m", "serve", "--config", args.config, *args.overrides]
         with running_server(serve, cwd=ROOT, log_dir=out) as url:  # ServiceError (exit 2) when it does not start
-            summary = run_locust(url, cfg, texts_file, out)
+            summary = {**run_locust(url, cfg, texts_file, out), "server_memory_mb": memory_mb(url)}
     bound = cfg.loadtest.max_p99_ms
     summary["max_p99_ms"] = bound
     summary["passed"] = summary["failures"] == 0 and summary["requests"] > 0 and summary["p99_ms"] <= bound
@@ -100,6 +100,8 @@ def main(argv=None) -> int:
         f"{summary['texts_per_s']:.1f} texts/s; p50 {summary['p50_ms']:.0f} ms, p95 {summary['p95_ms']:.0f} ms, "
         f"p99 {summary['p99_ms']:.0f} ms (bound {bound:.0f} ms) -> {'PASSED' if summary['passed'] else 'FAILED'}"
     )
+    if summary["server_memory_mb"] is not None:
+        print(f"server memory (all its processes, resident): {summary['server_memory_mb']:.0f} MiB")
     print(f"reports: {out}/loadtest.json, loadtest.html, loadtest_stats.csv")
     return 0 if summary["passed"] else 1
 

@@ -25,6 +25,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def memory_mb(url: str) -> float | None:
+    """Resident memory of the server listening at url, in MiB: every process of its process group (BentoML's
+    arbiter and workers; running_server starts each server in a group of its own). None when it cannot be seen."""
+    import psutil
+
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        pids = [c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port and c.pid]
+        group = os.getpgid(pids[0])
+    except (psutil.AccessDenied, IndexError, ProcessLookupError):
+        return None
+    total = 0
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == group:
+                total += p.memory_info().rss
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return total / 2**20
+
+
 def is_ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "/readyz", timeout=5) as resp:

@@ -181,6 +181,7 @@ def test_locust_loadtest_runs_headless_and_judges_the_run(sentiment_server, sent
     summary = json.loads((reports / "loadtest.json").read_text())
     assert summary["passed"] and summary["failures"] == 0 and summary["requests"] > 0
     assert summary["texts_per_s"] > summary["requests_per_s"] > 0  # 1-8 texts per request
+    assert summary["server_memory_mb"] > 50, "the server's resident memory, all its processes"
     assert 0 < summary["p50_ms"] <= summary["p95_ms"] <= summary["p99_ms"]
     assert (reports / "loadtest.html").is_file() and (reports / "loadtest_stats.csv").is_file()
     # the same run against an impossible p99 bound fails, and says so
