@@ -12,7 +12,7 @@ PORT ?= 3000
 # the CUDA index. It is installed before the project so pip never resolves a bare `torch` to a CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup finetune export serve bento bench loadtest bench-serve readapt adapt-matrix test test-fast quality style clean
+.PHONY: setup finetune export serve bento container container-run bench loadtest bench-serve readapt adapt-matrix test test-fast quality style clean
 
 setup:
 	test -x $(PYTHON) || python3 -m venv .venv
@@ -31,6 +31,13 @@ serve:  # the best exported variant behind BentoML on 127.0.0.1:$(PORT) (serve.v
 
 bento:  # a self-contained bento (bentofile.yaml) of the served variant; then `bentoml containerize`
 	$(PYTHON) -m serve --config $(CONFIG) --build $(STAGE_ARGS)
+
+IMAGE ?= domainlift:$(JOB)
+container:  # the bento's OCI image with podman (docker where podman is missing), offline apart from the package index
+	deploy/container/build.sh $(PYTHON) $(CONFIG) $(IMAGE) $(STAGE_ARGS)
+
+container-run:  # that image on 127.0.0.1:$(PORT), DOMAINLIFT_API_KEY from the environment
+	deploy/container/run.sh $(IMAGE) $(PORT)
 
 bench:  # latency of the checkpoint and every export variant, CPU (and GPU when present); tables + plots
 	$(PYTHON) -m benchmarks.latency --config $(CONFIG) $(STAGE_ARGS)

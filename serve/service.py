@@ -18,12 +18,23 @@ from pydantic import AfterValidator, BaseModel
 
 from domainlift.config import serve_config
 from domainlift.drift import DRIFT_THRESHOLD
-from domainlift.errors import ManifestError
+from domainlift.errors import ConfigError, ManifestError
 from domainlift.tasks import ROUTE
 from serve.capture import Capture
-from serve.gate import Gate, quiet_client_errors
+from serve.gate import Gate, api_keys, quiet_client_errors
 from serve.model_store import ARTIFACT, check_stored, summary
 from serve.predictor import Predictor
+
+# A container listens on every interface of its network: without a key it would serve anyone who can reach it.
+if (
+    os.environ.get("BENTOML_CONTAINERIZED") == "true"
+    and not api_keys()
+    and os.environ.get("DOMAINLIFT_INSECURE") != "1"
+):
+    raise ConfigError(
+        "this container would serve without auth: run it with -e DOMAINLIFT_API_KEY=<key> (clients send "
+        "'Authorization: Bearer <key>'), or -e DOMAINLIFT_INSECURE=1 to serve it open"
+    )
 
 ARGS = dict(vars(bentoml.use_arguments()))
 MODEL_TAG = str(ARGS.pop("model", "sentiment-kitchen:latest"))
