@@ -126,20 +126,24 @@ def test_rerun_is_idempotent_and_force_rebuilds(job):
     assert manifest.read(cfg.job_dir / "export/onnx-fp32")["created"] >= first
 
 
-def test_gate_rejects_a_broken_variant(job, monkeypatch):
-    """A variant whose logits are negated predicts the opposite class: the gate must reject it."""
-    cfg = load_config(job)
-    real_optimize = build.optimize
+def negated_logits(optimize):
+    """build.optimize that also negates the logits: the variant predicts the opposite class (a broken variant)."""
 
     def broken_optimize(src, dst, **kw):
-        real_optimize(src, dst, **kw)
+        optimize(src, dst, **kw)
         model = onnx.load(str(dst))
         producer = next(n for n in model.graph.node if "logits" in n.output)
         producer.output[list(producer.output).index("logits")] = "logits_raw"
         model.graph.node.append(onnx.helper.make_node("Neg", ["logits_raw"], ["logits"]))
         onnx.save(model, str(dst))
 
-    monkeypatch.setattr(build, "optimize", broken_optimize)
+    return broken_optimize
+
+
+def test_gate_rejects_a_broken_variant(job, monkeypatch):
+    """A variant whose logits are negated predicts the opposite class: the gate must reject it."""
+    cfg = load_config(job)
+    monkeypatch.setattr(build, "optimize", negated_logits(build.optimize))
     report = Exporter(cfg, force=True).run(["onnx-fp32"])
     row = next(r for r in report["rows"] if r["variant"] == "onnx-fp32")
     assert row["status"] == "rejected" and row["ratio"] < 0.5
@@ -262,17 +266,7 @@ def test_bitsandbytes_variants_save_and_reload(job):
 
 def test_a_changed_gate_is_applied_to_reused_variants(job, monkeypatch):
     """A variant built under a lenient gate is not waved through by a stricter one just because it is up to date."""
-    real_optimize = build.optimize
-
-    def broken_optimize(src, dst, **kw):  # negated logits: the opposite class, ratio far below 1
-        real_optimize(src, dst, **kw)
-        model = onnx.load(str(dst))
-        producer = next(n for n in model.graph.node if "logits" in n.output)
-        producer.output[list(producer.output).index("logits")] = "logits_raw"
-        model.graph.node.append(onnx.helper.make_node("Neg", ["logits_raw"], ["logits"]))
-        onnx.save(model, str(dst))
-
-    monkeypatch.setattr(build, "optimize", broken_optimize)
+    monkeypatch.setattr(build, "optimize", negated_logits(build.optimize))
     lenient = load_config(job, ["export.min_accuracy_ratio=0.01"])
     assert Exporter(lenient, force=True).run(["onnx-fp32"])["best"] == "onnx-fp32"
     monkeypatch.undo()
