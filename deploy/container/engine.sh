@@ -1,6 +1,6 @@
 # Sourced by build.sh and run.sh: ENGINE (podman, or docker where podman is missing) and, on hosts where a plain
 # `podman run` fails (a kernel that refuses setrlimit in containers, a hybrid cgroup layout that crun refuses),
-# CONTAINERS_CONF pointing podman at containers.conf here (runc without rlimits, host network, no cgroups).
+# CONTAINERS_CONF pointing podman at containers.conf here (runc without rlimits, host network).
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 if command -v podman >/dev/null; then ENGINE=podman; elif command -v docker >/dev/null; then ENGINE=docker; else
   echo "error: neither podman nor docker is installed (Debian: apt-get install podman buildah runc)" >&2
