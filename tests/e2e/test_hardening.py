@@ -268,10 +268,16 @@ def _server_process(url: str) -> psutil.Process:
 
 
 def _workers(server: psutil.Process) -> list[int]:
-    """The BentoML worker processes (they run the service; the arbiter restarts them)."""
-    return sorted(
-        p.pid for p in server.parent().children(recursive=True) if "worker" in " ".join(p.cmdline()) and p.is_running()
-    )
+    """The BentoML worker processes (they run the service; the arbiter restarts them). A killed worker is a zombie
+    until the arbiter reaps it: not a worker."""
+    pids = []
+    for p in server.parent().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and "worker" in " ".join(p.cmdline()):
+                pids.append(p.pid)
+        except psutil.NoSuchProcess:  # gone between the listing and the look (psutil.ZombieProcess is one)
+            continue
+    return sorted(pids)
 
 
 def _locust(url, cfg_path, overrides, env):
