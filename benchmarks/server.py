@@ -60,6 +60,7 @@ def running_server(
 ) -> Iterator[str]:
     """`command` must accept `--port N`; its output goes to <log_dir>/server-<port>.log."""
     port = free_port()
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
     log_path = Path(log_dir) / f"server-{port}.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(

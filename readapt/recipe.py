@@ -133,7 +133,7 @@ def promote(cfg: JobConfig, candidate: Path, served: Path, decision: dict) -> st
     promoted_file = cfg.job_dir / "serve" / PROMOTED
     promoted_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = promoted_file.with_suffix(".tmp")
-    record = {**decision["candidate"], "variant_dir": str(candidate), "tag": tag, "replaces": str(served)}
+    record = {**decision["candidate"], "variant_dir": str(candidate), "tag": tag, "replaces": str(served.resolve())}
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(promoted_file)  # atomic: `make serve` sees the old or the new promotion, never half of one
     return tag
