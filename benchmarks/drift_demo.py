@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -39,18 +40,25 @@ from readapt.recipe import run as readapt
 RULES = ROOT / "deploy/prometheus/alerts.yml"
 
 
-def read_texts(path: str, n: int) -> list[str]:
+def read_texts(path: str, n: int, max_chars: int) -> list[str]:
+    """The first n texts of path that the service accepts (a client keeps to serve.max_chars, as one would)."""
     texts = [json.loads(line)["text"] for line in Path(path).read_text().splitlines() if line.strip()]
-    if len(texts) < n:
-        raise ConfigError(f"{path} holds {len(texts)} texts; the demo asks for {n}")
-    return texts[:n]
+    kept = [t for t in texts if len(t) <= max_chars]
+    if len(kept) < len(texts):
+        print(f"{path}: {len(texts) - len(kept)} texts over serve.max_chars={max_chars} left out")
+    if len(kept) < n:
+        raise ConfigError(f"{path} holds {len(kept)} texts within serve.max_chars; the demo asks for {n}")
+    return kept[:n]
 
 
 def post(url: str, path: str, body: dict | None, key: str | None) -> bytes:
     headers = {"content-type": "application/json", **({"authorization": f"Bearer {key}"} if key else {})}
     data = json.dumps(body).encode() if body is not None else None
-    with urllib.request.urlopen(urllib.request.Request(url + path, data=data, headers=headers), timeout=120) as r:
-        return r.read()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url + path, data=data, headers=headers), timeout=120) as r:
+            return r.read()
+    except urllib.error.HTTPError as e:
+        raise ServiceError(f"{path} answered {e.code}: {e.read().decode(errors='replace')}") from e
 
 
 def drift_score(url: str, key: str | None) -> float | None:
@@ -143,7 +151,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     cfg = load_config(args.config, args.overrides)
-    before, after = read_texts(args.before, args.before_texts), read_texts(args.after, args.after_texts)
+    limit = cfg.serve.max_chars
+    before, after = read_texts(args.before, args.before_texts, limit), read_texts(args.after, args.after_texts, limit)
     out = cfg.job_dir / "reports"
     capture = out / "drift-demo" / "capture"
     shutil.rmtree(capture, ignore_errors=True)  # this run's traffic only
