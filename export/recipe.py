@@ -103,10 +103,11 @@ class Exporter:
                 log.info("%s: building", v.name)
                 with manifest.atomic_dir(self.out / v.name, overwrite=True) as tmp:
                     self.build(v, tmp)
-                    quality = self.measure(tmp, ref_logits)
-                    if len(self.drift_texts()):  # the reference the service compares its traffic with
-                        texts, runner = self.drift_texts(), self.runner(tmp)
-                        profile = evaluate.drift_profile(runner, texts, self.tokenizer, self.labels)
+                    runner = self.runner(tmp)
+                    quality = self.measure(runner, ref_logits)
+                    drift_texts = self.drift_texts()
+                    if len(drift_texts):  # the reference the service compares its traffic with
+                        profile = evaluate.drift_profile(runner, drift_texts, self.tokenizer, self.labels)
                         (tmp / drift.PROFILE_FILE).write_text(json.dumps(profile) + "\n")
                     self._gate(quality, ref_quality, metric)
                     manifest.write(
@@ -163,17 +164,19 @@ class Exporter:
             self._pruned[pct] = prune.pruned_model(self.ckpt, self.cfg, dev, train, self.tokenizer, out, pct)
         return self._pruned[pct]
 
+    def unlabeled(self, n: int, name: str):
+        """The first n texts of the target domain's unlabeled text, tokenized."""
+        return self.encode(self.splits.unlabeled.select(range(min(n, len(self.splits.unlabeled)))), name)
+
     def drift_texts(self):
         """The target-domain texts every variant's drift reference is computed on (tokenized once)."""
         if self._drift_texts is None:
-            n = min(self.cfg.export.drift_samples, len(self.splits.unlabeled))
-            self._drift_texts = self.encode(self.splits.unlabeled.select(range(n)), "drift reference")
+            self._drift_texts = self.unlabeled(self.cfg.export.drift_samples, "drift reference")
         return self._drift_texts
 
     def _calibration(self) -> list[dict]:
         """onnx-int8-static's calibration batches: target-domain unlabeled text, one text per batch."""
-        n = min(self.cfg.export.calibration_samples, len(self.splits.unlabeled))
-        calib = self.encode(self.splits.unlabeled.select(range(n)), "calibration")
+        calib = self.unlabeled(self.cfg.export.calibration_samples, "calibration")
         return [b for _, b in evaluate.batches(calib, self.tokenizer, size=1)]
 
     def up_to_date(self, v: variants.Variant) -> dict | None:
@@ -193,8 +196,8 @@ class Exporter:
     def runner(self, root: Path):
         return load_runner(root, self.threads, verify=False)  # verified once, when built or found up to date
 
-    def measure(self, root: Path, ref_logits) -> dict:
-        logits = evaluate.predict(self.runner(root), self.test, self.tokenizer)
+    def measure(self, runner, ref_logits) -> dict:
+        logits = evaluate.predict(runner, self.test, self.tokenizer)
         return evaluate.compare(self.task, self.labels, logits, ref_logits, self.gold)
 
     def _gate(self, quality: dict, ref: dict, metric: str) -> None:

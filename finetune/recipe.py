@@ -57,6 +57,7 @@ class Job:
     resume: bool  # continue killed phases from their saved states
     resume_from: str | None  # the main phase's saved Trainer state to continue, or None
     teacher: object | None  # self-training from a given checkpoint (method.self_train.teacher): its model
+    fingerprint: dict  # what the run is made of (config sections, data files), recorded with its checkpoint
 
 
 @dataclass
@@ -109,12 +110,13 @@ def setup(cfg: JobConfig, resume: bool, overwrite: bool) -> Job:
     teacher = None
     if cfg.method.self_training and cfg.method.self_train.teacher:
         teacher = load_teacher(cfg.method.self_train.teacher, splits.labels)
-    resume_from = _resume_point(run_dir, resume, overwrite, fingerprint(cfg))
+    made_of = fingerprint(cfg)
+    resume_from = _resume_point(run_dir, resume, overwrite, made_of)
     if overwrite and not resume and run_dir.exists():
         shutil.rmtree(run_dir)
     if resume_from is None:  # a new run: what it is made of, for a later --resume to check against
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / FINGERPRINT).write_text(json.dumps(fingerprint(cfg), indent=2) + "\n")
+        (run_dir / FINGERPRINT).write_text(json.dumps(made_of, indent=2) + "\n")
     transformers.set_seed(cfg.train.seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
     encoded = {
@@ -132,7 +134,9 @@ def setup(cfg: JobConfig, resume: bool, overwrite: bool) -> Job:
         len(splits.labels),
         base,
     )
-    return Job(cfg, base, method, splits, tokenizer, encoded, checkpoint_dir, run_dir, resume, resume_from, teacher)
+    return Job(
+        cfg, base, method, splits, tokenizer, encoded, checkpoint_dir, run_dir, resume, resume_from, teacher, made_of
+    )
 
 
 def train(job: Job, start: Path, method: ModuleType, train_set, out: Path) -> Trained:
@@ -273,7 +277,7 @@ def save(job: Job, trained: Trained, results: dict, overwrite: bool) -> Path:
                 "source_dev": results["source_dev"][metric],
             },
             producer="finetune",
-            fingerprint=fingerprint(cfg),
+            fingerprint=job.fingerprint,
         )
     log.info(
         "target test %s = %.4f, source dev %s = %.4f, %.0f s of training -> %s",
@@ -331,9 +335,14 @@ def fingerprint(cfg: JobConfig) -> dict:
 
 def changes_since(checkpoint: Path, cfg: JobConfig) -> list[str]:
     """What differs between the config and data a checkpoint was made from and cfg's ([] = up to date)."""
-    then, now = manifest.read(checkpoint).get("fingerprint"), fingerprint(cfg)
+    then = manifest.read(checkpoint).get("fingerprint")
     if then is None:
         return ["the checkpoint's recorded inputs (it predates fingerprints)"]
+    return _changed(then, fingerprint(cfg))
+
+
+def _changed(then: dict, now: dict) -> list[str]:
+    """The config sections and data files whose hashes differ between two fingerprints (added or gone included)."""
     return [
         f"{part} {k}"
         for part in now
@@ -348,7 +357,7 @@ def _resume_point(run_dir: Path, resume: bool, overwrite: bool, now: dict) -> st
         if last:
             recorded = run_dir / FINGERPRINT
             then = json.loads(recorded.read_text()) if recorded.is_file() else now
-            changed = [f"{part} {k}" for part in now for k in now[part] if then.get(part, {}).get(k) != now[part][k]]
+            changed = _changed(then, now)
             if changed:
                 raise ConfigError(
                     f"--resume: {run_dir} was started with another config or data ({', '.join(changed)} changed "

@@ -54,7 +54,8 @@ class Capture:
         self.file = None
         self.failing = False
 
-    def add(self, texts: list[str]) -> None:
+    def add(self, texts: list[str]) -> bool:
+        """Write the texts; False when the capture failed (counted and logged, never raised)."""
         lines = "".join(json.dumps({"text": mask(t) if self.masked else t}) + "\n" for t in texts)
         with self.lock:
             try:
@@ -63,12 +64,14 @@ class Capture:
                 self.file.write(lines)
                 self.file.flush()
                 self.failing = False
+                return True
             except OSError as e:
                 self.on_error()
                 if not self.failing:  # one line per failure spell, not one per request
                     log.warning("capture to %s failed (%s); serving goes on without capturing", self.dir, e)
                 self.failing = True
                 self.file = None
+                return False
 
     def _rotate(self) -> None:
         if self.file is not None:

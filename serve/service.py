@@ -180,8 +180,7 @@ class DomainLift:
         scores = self.predictor.window.scores() if self.predictor.window else {}
         for part, value in scores.items():
             (DRIFT_SCORE if part == "score" else DRIFT_PSI.labels(part=part)).set(value)
-        if self.capture:
-            self.capture.add(texts)
+        if self.capture and self.capture.add(texts):
             CAPTURED.inc(len(texts))
 
     @bentoml.api(route="/model")
