@@ -50,13 +50,14 @@ def table(results: dict) -> str:
     lines = [
         f"(a) and (b) serve the export variant {a['variant']}; (c) the checkpoint in PyTorch fp32.",
         "",
-        "| service | texts/s | requests/s | p50 ms | p95 ms | p99 ms | failed |",
-        "|---|---|---|---|---|---|---|",
+        "| service | texts/s | requests/s | p50 ms | p95 ms | p99 ms | failed | Locust's CPU share |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for key, r in results.items():
         lines.append(
             f"| ({key}) {SERVICES[key]} | {r['texts_per_s']:.1f} | {r['requests_per_s']:.1f} | {r['p50_ms']:.0f} | "
-            f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['failures']} of {r['requests']} |"
+            f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['failures']} of {r['requests']} "
+            f"| {r['locust_cpu_share']:.0%} |"
         )
     lines += [
         "",

@@ -12,8 +12,10 @@ with --master and workers with --worker), same profile.
 import csv
 import json
 import os
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from benchmarks.server import memory_mb, running_server
@@ -57,7 +59,12 @@ def run_locust(url: str, cfg, texts_file: Path, out: Path, name: str = "loadtest
         *("--users", str(lt.users), "--spawn-rate", str(lt.spawn_rate), "--run-time", f"{lt.run_time_s}s"),
         *("--host", url, "--csv", str(out / name), "--html", str(out / f"{name}.html"), "--stop-timeout", "30"),
     ]
+    # Locust shares the machine with the server: its CPU time (it and the processes it waited for) over the run's
+    # wall time and the machine's cores is the share of the CPU the server did not get.
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
     subprocess.run(command, env={**os.environ, **env}, check=False)  # its exit status is judged from the stats
+    after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic() - start
+    locust_cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     with open(out / f"{name}_stats.csv") as f:
         row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
     requests, rps = int(row["Request Count"]), float(row["Requests/s"])
@@ -76,6 +83,8 @@ def run_locust(url: str, cfg, texts_file: Path, out: Path, name: str = "loadtest
         "p50_ms": float(row["50%"]),
         "p95_ms": float(row["95%"]),
         "p99_ms": float(row["99%"]),
+        "locust_cpu_s": locust_cpu_s,
+        "locust_cpu_share": locust_cpu_s / (wall * (os.cpu_count() or 1)),
     }
 
 

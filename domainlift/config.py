@@ -233,6 +233,12 @@ class ExportConfig:
     # Gate: a variant whose test metric is below this fraction of the checkpoint's is rejected (MLPerf's
     # rule for quantized BERT is 0.99).
     min_accuracy_ratio: float = 0.99
+    # ... and one that agrees with the checkpoint's predictions on fewer than this fraction of the held-out target
+    # texts. A test set of 400 moves the ratio by +-2 points (report.md shows its 95% interval); agreement on
+    # agreement_samples unlabeled target texts (the last ones of the unlabeled corpus, never used to distil or
+    # calibrate) says whether the variant behaves like the checkpoint on the domain it will serve.
+    min_agreement: float = 0.97
+    agreement_samples: int = 1000
     opset: int = 18
     # onnx-int8-static: calibrated on the target domain's *unlabeled* text (never the test set).
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
@@ -246,6 +252,11 @@ class ExportConfig:
     # With distillation: weight of the hidden-state loss (every layer, student vs unpruned teacher); 0 = logits only.
     prune_hidden_weight: float = 0.0
     latency_samples: int = 100  # test texts timed one at a time (batch 1, natural length)
+    latency_rounds: int = 5  # each model timed this many times, interleaved; the report shows the spread
+    # student-<layers>-*: distilled from the checkpoint on source texts + target unlabeled text (export/student.py)
+    student_epochs: float = 3.0
+    student_learning_rate: float | None = None  # null = train.learning_rate
+    student_hidden_weight: float = 1.0  # weight of the per-layer hidden-state loss; 0 = logits only
     # The drift reference saved with each variant (drift_profile.json): its predictions on this many of the
     # target domain's unlabeled texts; the service compares live traffic with it (docs/monitoring.md).
     drift_samples: int = 500
@@ -510,8 +521,12 @@ def _check(cfg: JobConfig) -> None:
     e = cfg.export
     if not 0 < e.min_accuracy_ratio <= 1:
         raise ConfigError(f"export.min_accuracy_ratio is {e.min_accuracy_ratio}; use a fraction in (0, 1]")
+    if not 0 <= e.min_agreement <= 1:
+        raise ConfigError(f"export.min_agreement is {e.min_agreement}; use a fraction in [0, 1] (0 = no check)")
     if e.prune_layers < 0:
         raise ConfigError(f"export.prune_layers is {e.prune_layers}; use 0 (keep every layer) or more")
+    if e.latency_rounds < 1 or e.latency_samples < 1 or e.agreement_samples < 0 or e.student_epochs <= 0:
+        raise ConfigError("export: latency_rounds and latency_samples >= 1, agreement_samples >= 0, student_epochs > 0")
     if e.int4_block_size < 16 or e.int4_block_size & (e.int4_block_size - 1):
         raise ConfigError(f"export.int4_block_size is {e.int4_block_size}; use a power of two >= 16 (32 is usual)")
     _check_serve(cfg.serve)

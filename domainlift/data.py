@@ -353,10 +353,10 @@ def _add_unlabeled(unlabeled: datasets.Dataset, extra: datasets.Dataset, test: d
     """The target's unlabeled train texts, then the data.unlabeled texts that are neither a test text (that would
     leak the test set into adaptation) nor already in the corpus; each drop is counted in a warning."""
     extra = _drop_overlap(extra, test, "data.unlabeled")
-    seen = {_key(r) for r in unlabeled}
+    seen = {text_key(r) for r in unlabeled}
     keep = []
     for i, row in enumerate(extra):
-        key = _key(row)
+        key = text_key(row)
         if key not in seen:
             seen.add(key)
             keep.append(i)
@@ -367,13 +367,13 @@ def _add_unlabeled(unlabeled: datasets.Dataset, extra: datasets.Dataset, test: d
     return datasets.concatenate_datasets([unlabeled, extra])
 
 
-def _key(row: dict) -> str:
+def text_key(row: dict) -> str:
     return row["text"] if "text" in row else "\x1f".join(row["tokens"])
 
 
 def _drop_overlap(ds: datasets.Dataset, test: datasets.Dataset, name: str) -> datasets.Dataset:
-    test_keys = {_key(r) for r in test}
-    kept = ds.filter(lambda r: _key(r) not in test_keys)
+    test_keys = {text_key(r) for r in test}
+    kept = ds.filter(lambda r: text_key(r) not in test_keys)
     if len(kept) < len(ds):
         log.warning(
             "%s: dropped %d examples that also occur in the test set (duplicates in the data)",

@@ -84,18 +84,30 @@ def latency_ms(runner, enc, tokenizer, n: int, warmup: int = 5) -> dict:
     return {"p50": statistics.median(times), "mean": statistics.fmean(times), "total": sum(times), "n": len(times)}
 
 
-def time_interleaved(load_runner, dirs: dict, enc, tokenizer, n: int, rounds: int = 3) -> dict[str, dict]:
-    """Batch-1 latency of every model in `dirs` ({name: directory}), in `rounds` rounds with the order rotated each
-    round; each model's p50/mean/total is the median over rounds. A machine whose speed drifts (shared cores, other
-    load) then slows every model alike instead of whichever happened to run at the time."""
+def time_interleaved(load_runner, dirs: dict, enc, tokenizer, n: int, rounds: int) -> dict[str, list[dict]]:
+    """Batch-1 latency of every model in `dirs` ({name: directory}), measured `rounds` times with the order rotated
+    each round: a machine whose speed drifts (shared cores, other load) then slows every model alike instead of
+    whichever happened to run at the time. Returns each model's measurements, one per round."""
     names = list(dirs)
     per_round: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             per_round[name].append(latency_ms(load_runner(dirs[name]), enc, tokenizer, n))
+    return per_round
+
+
+def speedups(runs: list[dict], ref_runs: list[dict]) -> dict:
+    """A model's latency (median over rounds) and its speedup over the reference: the median of the per-round
+    ratios (each round times both), with their range, the spread a reader should allow for when ranking."""
+    p50 = [ref["p50"] / mine["p50"] for mine, ref in zip(runs, ref_runs)]
+    total = [ref["total"] / mine["total"] for mine, ref in zip(runs, ref_runs)]
     return {
-        name: {key: statistics.median(m[key] for m in runs) for key in ("p50", "mean", "total")}
-        for name, runs in per_round.items()
+        "latency_p50_ms": statistics.median(m["p50"] for m in runs),
+        "latency_mean_ms": statistics.median(m["mean"] for m in runs),
+        "speedup_p50": statistics.median(p50),
+        "speedup_p50_range": [min(p50), max(p50)],
+        "speedup_total": statistics.median(total),
+        "speedup_total_range": [min(total), max(total)],
     }
 
 

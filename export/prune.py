@@ -10,7 +10,7 @@ The least important `ratio` of heads (global ranking, at least one kept per laye
 transformers' prune_heads (Q/K/V lose rows, the output projection loses columns), and the same `ratio`
 of FFN neurons is removed from every layer (intermediate rows + output columns), so config.intermediate_size
 stays one number and the pruned model saves and loads as a plain Hugging Face model. A short recovery
-fine-tune follows, by default distilling from the unpruned model's logits.
+fine-tune follows, by default distilling from the unpruned model (export/distill.py).
 """
 
 from __future__ import annotations
@@ -20,20 +20,19 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer
 
 from domainlift import tasks
 from domainlift.config import JobConfig
 from domainlift.training import training_args
-from export import evaluate
+from export import distill, evaluate
 
 log = logging.getLogger(__name__)
 
 
-def pruned_model(ckpt: Path, cfg: JobConfig, dev, train, tokenizer, out: Path, pct: int) -> Path:
-    """The checkpoint with export.prune_layers whole layers and then pct% of heads and FFN neurons removed, recovered
-    by a short (distillation) fine-tune on the tokenized `train` set, saved as a plain Hugging Face model in `out`.
+def pruned_model(ckpt: Path, cfg: JobConfig, dev, train, tokenizer, out: Path, pct: int, whole_layers: int) -> Path:
+    """The model in `ckpt` with `whole_layers` layers and then pct% of heads and FFN neurons removed, recovered by a
+    short (distillation) fine-tune on the tokenized `train` set, saved as a plain Hugging Face model in `out`.
     Importance is measured on the tokenized `dev` set."""
     task, e = cfg.data.task, cfg.export
     cls = tasks.model_class(task)
@@ -47,9 +46,9 @@ def pruned_model(ckpt: Path, cfg: JobConfig, dev, train, tokenizer, out: Path, p
         dev_batches.append(t)
     before = sum(p.numel() for p in model.parameters())
     kept = list(range(model.config.num_hidden_layers))
-    if e.prune_layers:
-        kept = drop_layers(model, layer_importance(model, dev_batches), e.prune_layers)
-        log.info("pruned %d whole layers: kept layers %s", e.prune_layers, kept)
+    if whole_layers:
+        kept = drop_layers(model, layer_importance(model, dev_batches), whole_layers)
+        log.info("pruned %d whole layers: kept layers %s", whole_layers, kept)
     heads, ffn = importance(model, dev_batches)
     info = {"layers_kept": kept, **prune(model, heads, ffn, pct / 100)}
     after = sum(p.numel() for p in model.parameters())
@@ -163,51 +162,21 @@ def _take(linear: torch.nn.Linear, idx: torch.Tensor, dim: int) -> torch.nn.Line
     return new
 
 
-class DistillTrainer(Trainer):
-    """Loss = 0.5 * task CE + 0.5 * T^2 * KL(student/T || teacher/T), T = 2 (Hinton et al. 2015), plus
-    hidden_weight * the mean squared distance between the student's and the teacher's hidden states after every
-    layer, at real tokens (TinyBERT's intermediate-layer loss; pruning keeps the hidden size, and
-    each student layer lines up with the teacher layer it came from)."""
-
-    def __init__(self, *args, teacher, kept_layers, temperature=2.0, hidden_weight=0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.teacher = teacher.to(self.args.device).eval()  # where the Trainer put the student (a GPU if any)
-        self.temperature = temperature
-        self.hidden_weight = hidden_weight
-        self.kept_layers = kept_layers  # student layer j mimics teacher layer kept_layers[j]
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        hidden = self.hidden_weight > 0
-        out = model(**inputs, output_hidden_states=hidden)
-        with torch.no_grad():
-            teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-            t_out = self.teacher(**teacher_inputs, output_hidden_states=hidden)
-        mask = (inputs["labels"] != -100).unsqueeze(-1) if out.logits.dim() == 3 else None
-        s, t = out.logits / self.temperature, t_out.logits / self.temperature
-        kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="none").sum(-1)
-        kl = kl[mask.squeeze(-1)].mean() if mask is not None else kl.mean()
-        loss = 0.5 * out.loss + 0.5 * self.temperature**2 * kl
-        if hidden:
-            real = inputs["attention_mask"].bool()
-            teacher_states = [t_out.hidden_states[i + 1] for i in self.kept_layers]
-            mse = [F.mse_loss(hs[real], ht[real]) for hs, ht in zip(out.hidden_states[1:], teacher_states)]
-            loss = loss + self.hidden_weight * torch.stack(mse).mean()
-        return (loss, out) if return_outputs else loss
-
-
 def recover(model, teacher, train_ds, collator, tokenizer, out_dir: Path, cfg: JobConfig, kept_layers: list[int]):
     """A short fine-tune of the pruned model on the job's training data (export.prune_recovery_epochs, the job's
     train: settings), distilling from the unpruned teacher unless export.prune_distill is off."""
     e = cfg.export
+    if e.prune_distill:
+        return distill.distill(
+            model, teacher, train_ds, collator, tokenizer, out_dir, cfg, epochs=e.prune_recovery_epochs,
+            learning_rate=cfg.train.learning_rate, kept_layers=kept_layers, hidden_weight=e.prune_hidden_weight,
+            task_weight=0.5,
+        )  # fmt: skip
     args = training_args(
         cfg.train, out_dir, epochs=e.prune_recovery_epochs, learning_rate=cfg.train.learning_rate, select=False
     )
-    kwargs = dict(model=model, args=args, train_dataset=train_ds, data_collator=collator, processing_class=tokenizer)
-    if e.prune_distill:
-        trainer = DistillTrainer(
-            teacher=teacher, hidden_weight=e.prune_hidden_weight, kept_layers=kept_layers, **kwargs
-        )
-    else:
-        trainer = Trainer(**kwargs)
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train_ds, data_collator=collator, processing_class=tokenizer
+    )
     trainer.train()
     return trainer.model

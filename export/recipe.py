@@ -17,14 +17,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import datasets
 from transformers import AutoTokenizer
 
 from domainlift import data as data_mod
-from domainlift import drift, manifest, tasks
+from domainlift import drift, manifest, quality, tasks
 from domainlift.config import JobConfig
 from domainlift.errors import ConfigError, ExportError, ManifestError
 from domainlift.runtime import TorchRunner, load_runner, runtime_of
-from export import build, evaluate, prune, variants
+from export import build, evaluate, prune, student, variants
 from export.report import write_report
 
 log = logging.getLogger("export")
@@ -51,8 +52,9 @@ class Exporter:
         self.threads = cfg.export.latency_threads or os.cpu_count()
         self.work = Path(tempfile.mkdtemp(prefix="domainlift-export-"))
         self.graphs = variants.Graphs(self.work, self.task, cfg.export.opset, self._calibration)
-        self._pruned: dict[int, Path] = {}
-        self._drift_texts = None
+        self._made: dict[tuple, Path] = {}  # students and pruned models, made once per run
+        self.held_out, self.pool = self._split_unlabeled()
+        self._drift_texts = self._held_out_ref = None
 
     def encode(self, ds, name: str):
         return tasks.tokenize(ds, self.tokenizer, self.labels, self.cfg.model.max_length, self.task, name)
@@ -84,6 +86,11 @@ class Exporter:
             raise ConfigError(
                 f"export.prune_layers is {prune_layers} but the model has {self.num_layers} layers; "
                 f"remove at most {self.num_layers - 1}"
+            )
+        too_deep = [v.name for v in chosen if v.student_layers and v.student_layers >= self.num_layers]
+        if too_deep:
+            raise ConfigError(
+                f"{', '.join(too_deep)}: a student needs fewer layers than the checkpoint's {self.num_layers}"
             )
         if any(v.base and v.base.startswith("onnx") for v in chosen):
             build.check_onnx_support(self.ckpt, self.task)
@@ -147,26 +154,51 @@ class Exporter:
         }
 
     def build(self, v: variants.Variant, out: Path) -> None:
-        src = self.pruned(v.prune_pct) if v.prune_pct else self.ckpt
+        src = self.student(v.student_layers) if v.student_layers else self.ckpt
+        if v.prune_pct:
+            src = self.pruned(src, v.prune_pct, whole_layers=0 if v.student_layers else self.cfg.export.prune_layers)
         if v.base is None:  # the pruned PyTorch model itself
             for f in src.iterdir():
                 shutil.copy2(f, out / f.name)
             return
-        if (src / "pruning.json").is_file():
-            shutil.copy2(src / "pruning.json", out / "pruning.json")
+        for info in ("student.json", "pruning.json"):
+            if (src / info).is_file():
+                shutil.copy2(src / info, out / info)
         variants.BASES[v.base].build(self.graphs, src, out, self.cfg.export)
 
-    def pruned(self, pct: int) -> Path:
-        """The pruned and recovered model for pct, made once per run and shared by its variants."""
-        if pct not in self._pruned:
+    def pruned(self, src: Path, pct: int, whole_layers: int) -> Path:
+        """`src` (the checkpoint or a student) pruned by pct and recovered, made once per run for its variants."""
+        key = ("pruned", str(src), pct)
+        if key not in self._made:
             dev, train = self.encode(self.splits.dev, "dev"), self.encode(self.splits.train, "train")
-            out = self.work / f"pruned-{pct}"
-            self._pruned[pct] = prune.pruned_model(self.ckpt, self.cfg, dev, train, self.tokenizer, out, pct)
-        return self._pruned[pct]
+            out = self.work / f"{src.name}-pruned-{pct}"
+            self._made[key] = prune.pruned_model(src, self.cfg, dev, train, self.tokenizer, out, pct, whole_layers)
+        return self._made[key]
+
+    def student(self, layers: int) -> Path:
+        """The distilled student with this many layers, made once per run for its variants."""
+        key = ("student", layers)
+        if key not in self._made:
+            texts = datasets.concatenate_datasets([self.splits.train.select_columns(self.pool.column_names), self.pool])
+            first = {data_mod.text_key(r): i for i, r in reversed(list(enumerate(texts)))}  # each text once
+            texts = self.encode(texts.select(sorted(first.values())), "distillation texts")
+            self._made[key] = student.student_model(self.ckpt, self.cfg, texts, self.tokenizer,
+                                                    self.work / f"student-{layers}", layers)  # fmt: skip
+        return self._made[key]
+
+    def _split_unlabeled(self):
+        """(held out, the rest) of the target's unlabeled text: the last export.agreement_samples texts that are not
+        source training texts measure agreement; the rest distil, calibrate and make the drift reference."""
+        unlabeled = self.splits.unlabeled
+        seen = {data_mod.text_key(r) for r in self.splits.train}
+        fresh = [i for i, r in enumerate(unlabeled) if data_mod.text_key(r) not in seen]
+        held = set(fresh[len(fresh) - min(self.cfg.export.agreement_samples, len(fresh)) :])
+        rest = [i for i in range(len(unlabeled)) if i not in held]
+        return unlabeled.select(sorted(held)), unlabeled.select(rest)
 
     def unlabeled(self, n: int, name: str):
-        """The first n texts of the target domain's unlabeled text, tokenized."""
-        return self.encode(self.splits.unlabeled.select(range(min(n, len(self.splits.unlabeled)))), name)
+        """The first n texts of the target domain's unlabeled text (not the held-out ones), tokenized."""
+        return self.encode(self.pool.select(range(min(n, len(self.pool)))), name)
 
     def drift_texts(self):
         """The target-domain texts every variant's drift reference is computed on (tokenized once)."""
@@ -197,36 +229,46 @@ class Exporter:
         return load_runner(root, self.threads, verify=False)  # verified once, when built or found up to date
 
     def measure(self, runner, ref_logits) -> dict:
+        """Test metric, agreement and |Δlogit| against the checkpoint, the ratio's bootstrap interval, and the
+        agreement on the held-out target texts."""
         logits = evaluate.predict(runner, self.test, self.tokenizer)
-        return evaluate.compare(self.task, self.labels, logits, ref_logits, self.gold)
-
-    def _gate(self, quality: dict, ref: dict, metric: str) -> None:
-        ratio = quality[metric] / ref[metric] if ref[metric] else 0.0
-        quality["ratio"] = ratio
-        quality["accepted"] = ratio >= self.cfg.export.min_accuracy_ratio
-        if not quality["accepted"]:
-            quality["reason"] = (
-                f"{metric} {quality[metric]:.4f} is {ratio:.4f} of the checkpoint's {ref[metric]:.4f}, "
-                f"below export.min_accuracy_ratio={self.cfg.export.min_accuracy_ratio}"
+        out = evaluate.compare(self.task, self.labels, logits, ref_logits, self.gold)
+        out["ratio_ci95"] = quality.ratio_interval(self.task, self.labels, logits, ref_logits, self.gold)
+        if len(self.held_out):
+            held, held_ref = self.held_out_reference()
+            out["unlabeled_agreement"] = quality.agreement(
+                evaluate.predict(runner, held, self.tokenizer), held_ref, held["length"]
             )
+            out["unlabeled_texts"] = len(held)
+        return out
+
+    def held_out_reference(self):
+        """The held-out target texts, tokenized, and the checkpoint's logits on them (computed once)."""
+        if self._held_out_ref is None:
+            held = self.encode(self.held_out, "held-out target texts")
+            log.info("checkpoint predictions on %d held-out target texts (agreement)", len(held))
+            self._held_out_ref = held, evaluate.predict(TorchRunner(self.ckpt, self.threads), held, self.tokenizer)
+        return self._held_out_ref
+
+    def _gate(self, q: dict, ref: dict, metric: str) -> None:
+        e = self.cfg.export
+        q["ratio"] = q[metric] / ref[metric] if ref[metric] else 0.0
+        problems = quality.gate_problems(q, e.min_accuracy_ratio, e.min_agreement)
+        q["accepted"] = not problems
+        if problems:
+            q["reason"] = f"{metric} {q[metric]:.4f} vs the checkpoint's {ref[metric]:.4f}: " + "; ".join(problems)
 
     def time_rows(self, rows: list[dict]) -> None:
         """Batch-1 latency of the checkpoint and every built variant, after all building, added to their rows."""
         built = {r["variant"]: self.out / r["variant"] for r in rows[1:] if "metric" in r}
         log.info("timing the checkpoint and %d built variants at batch 1", len(built))
         dirs = {REFERENCE: self.ckpt, **built}
-        n = self.cfg.export.latency_samples
-        latency = evaluate.time_interleaved(self.runner, dirs, self.test, self.tokenizer, n)
-        ref = latency[REFERENCE]
+        e = self.cfg.export
+        latency = evaluate.time_interleaved(self.runner, dirs, self.test, self.tokenizer, e.latency_samples,
+                                            e.latency_rounds)  # fmt: skip
         for r in rows:
             if r["variant"] in latency:
-                lat = latency[r["variant"]]
-                r.update(
-                    latency_p50_ms=lat["p50"],
-                    latency_mean_ms=lat["mean"],
-                    speedup_p50=ref["p50"] / lat["p50"],
-                    speedup_total=ref["total"] / lat["total"],
-                )
+                r.update(evaluate.speedups(latency[r["variant"]], latency[REFERENCE]))
 
     def _report(self, rows: list[dict], metric: str) -> dict:
         accepted = [r for r in rows if r["status"] == "accepted"]
@@ -245,6 +287,8 @@ class Exporter:
             "checkpoint_sha256": self.parent["sha256"],
             "threads": self.threads,
             "min_accuracy_ratio": self.cfg.export.min_accuracy_ratio,
+            "min_agreement": self.cfg.export.min_agreement,
+            "latency_rounds": self.cfg.export.latency_rounds,
             "best": best,
             "rows": rows,
         }
@@ -258,6 +302,9 @@ def _row(q: dict, metric: str) -> dict:
         "ratio": q.get("ratio", 1.0),
         "agreement": q["agreement"],
         "max_abs_dlogit": q["max_abs_dlogit"],
+        "ratio_ci95": q.get("ratio_ci95"),
+        "unlabeled_agreement": q.get("unlabeled_agreement"),
+        "unlabeled_texts": q.get("unlabeled_texts"),
     }
 
 

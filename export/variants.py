@@ -1,4 +1,10 @@
-"""The export variants: a registry of builders with one signature, and `pruned-<pct>[-<base>]`, which prunes first.
+"""The export variants: a registry of builders with one signature, and the prefixes that change the model first:
+
+    [student-<layers>-][pruned-<pct>-]<base>    e.g. student-3-onnx-int8-dynamic, student-3-pruned-20-onnx-fp32
+    student-<layers> / pruned-<pct> / student-<layers>-pruned-<pct>    the PyTorch model itself
+
+student-<layers> distils the checkpoint into a shallower student (export/student.py); pruned-<pct> removes pct% of
+heads and FFN neurons (export/prune.py; of the checkpoint, also export.prune_layers whole layers).
 
     build(graphs, src, out)   graphs: this run's cache of ONNX graphs and calibration data (Graphs below);
                               src: the model directory to build from (the checkpoint, or a pruned model);
@@ -125,14 +131,15 @@ BASES = {
     "torch-int8": Base(("bitsandbytes",), _bitsandbytes(8), unavailable=_needs_bitsandbytes),
     "torch-nf4": Base(("bitsandbytes",), _bitsandbytes(4), unavailable=_needs_bitsandbytes),
 }
-_PRUNED = re.compile(r"^pruned-(\d+)(?:-(.+))?$")
+_NAME = re.compile(r"^(?:student-(?P<layers>\d+)(?:-(?=.)|$))?(?:pruned-(?P<pct>\d+)(?:-(?=.)|$))?(?P<base>.+)?$")
 
 
 @dataclass
 class Variant:
     name: str
-    base: str | None  # a BASES key; None: the pruned PyTorch model itself
+    base: str | None  # a BASES key; None: the student's or pruned PyTorch model itself
     prune_pct: int | None = None
+    student_layers: int | None = None
     recipe: dict = field(default_factory=dict)  # recorded in the manifest: same recipe + same parent = up to date
 
     def unavailable(self) -> str | None:
@@ -140,27 +147,42 @@ class Variant:
 
 
 def valid_names() -> str:
-    return ", ".join([*BASES, "pruned-<pct>", "pruned-<pct>-<base> (e.g. pruned-30-onnx-int8-dynamic)"])
+    return ", ".join(
+        [*BASES, "[student-<layers>-][pruned-<pct>-]<base> (e.g. student-3-onnx-int8-dynamic)", "student-<layers>",
+         "pruned-<pct>"]
+    )  # fmt: skip
 
 
 def parse(name: str, cfg: JobConfig) -> Variant:
-    m = _PRUNED.match(name)
-    pct, base = (int(m.group(1)), m.group(2)) if m else (None, name)
+    m = _NAME.match(name)
+    layers, pct = (int(m[k]) if m[k] else None for k in ("layers", "pct"))
+    base = m["base"]
+    if layers is not None and layers < 1:
+        raise ConfigError(f"variant {name}: a student needs at least 1 layer")
     if pct is not None and not 0 < pct < 100:
         raise ConfigError(f"variant {name}: the prune ratio must be in (0, 100) percent, got {pct}")
-    if base is not None and base not in BASES:
+    if (base is not None and base not in BASES) or not (layers or pct or base):
         raise ConfigError(f"unknown variant {name!r}; valid variants: {valid_names()}")
     e = cfg.export
     recipe: dict = {
         "variant": name,
         "opset": e.opset,
         "drift_profile": {"samples": e.drift_samples, "data": "target unlabeled"},
-        "steps": (["prune"] if pct else []) + (list(BASES[base].steps) if base else []),
+        "steps": ["student"] * bool(layers) + ["prune"] * bool(pct) + (list(BASES[base].steps) if base else []),
+        "agreement": {"samples": e.agreement_samples, "data": "target unlabeled, held out"},
     }
+    if layers:
+        recipe["student"] = {
+            "layers": layers,
+            "epochs": e.student_epochs,
+            "learning_rate": e.student_learning_rate or cfg.train.learning_rate,
+            "hidden_weight": e.student_hidden_weight,
+            "data": "source train texts + target unlabeled (held-out texts excluded)",
+        }
     if pct:
         recipe["prune"] = {
             "ratio": pct / 100,
-            "layers_removed": e.prune_layers,
+            "layers_removed": 0 if layers else e.prune_layers,
             "recovery_epochs": e.prune_recovery_epochs,
             "distill": e.prune_distill,
             "hidden_weight": e.prune_hidden_weight,
@@ -168,4 +190,4 @@ def parse(name: str, cfg: JobConfig) -> Variant:
         }
     if base:
         recipe.update(BASES[base].settings(e))
-    return Variant(name=name, base=base, prune_pct=pct, recipe=recipe)
+    return Variant(name=name, base=base, prune_pct=pct, student_layers=layers, recipe=recipe)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from domainlift import cli, manifest
+from domainlift import cli, manifest, quality
 from domainlift.config import load_config
 from domainlift.errors import ConfigError
 from serve.gate import api_keys
@@ -25,12 +25,13 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 def servable(cfg, variant_dir) -> list[str]:
     """Why this variant should not be served as the job's best: rejected by the gate (today's
-    export.min_accuracy_ratio), or exported from a checkpoint that is not the job's current one."""
+    export.min_accuracy_ratio and export.min_agreement), or exported from a checkpoint that is not the job's current
+    one."""
     m = manifest.read(variant_dir)
-    quality, problems = m["quality"], []
-    ratio, floor = quality.get("ratio") or 0.0, cfg.export.min_accuracy_ratio
-    if not quality.get("accepted") or ratio < floor:
-        problems.append(f"its accuracy ratio {ratio:.4f} is under the gate's {floor} (export.min_accuracy_ratio)")
+    e = cfg.export
+    problems = quality.gate_problems(m["quality"], e.min_accuracy_ratio, e.min_agreement)
+    if not m["quality"].get("accepted") and not problems:
+        problems.append("the export gate rejected it")
     checkpoint = Path(variant_dir).resolve().parent.parent / "checkpoint"  # its job's (a promoted candidate's own)
     if (checkpoint / manifest.MANIFEST).is_file() and manifest.read(checkpoint)["sha256"] != m["parent"]["sha256"]:
         problems.append("it was exported from an earlier checkpoint than the job's current one")
