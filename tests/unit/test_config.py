@@ -87,3 +87,19 @@ def test_a_job_name_cannot_leave_the_artifacts_directory(job):
     with pytest.raises(ConfigError, match="letters, digits, '.', '_' and '-' only"):
         load_config(None, [f"job={job}"])
     assert load_config(None, ["job=books-to-kitchen_v2.1"]).job == "books-to-kitchen_v2.1"
+
+
+def test_only_the_settings_of_the_parts_a_method_runs_decide_its_checkpoint(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("data: {source: data/amazon-reviews/kitchen.jsonl}\n")
+
+    def settings(*overrides):
+        return load_config(path, list(overrides)).finetuning_settings()
+
+    assert settings("method.dann.weight=0.5") == settings(), "source-only runs no DANN"
+    assert settings("method.name=dann", "method.dann.weight=0.5") != settings("method.name=dann")
+    st = settings("method.name=dapt+self-train")["method"]
+    assert set(st) == {"name", "dapt", "self_train"}
+    assert settings("method.name=full", "method.self_train.top_fraction=0.5") == settings(), "a self-train teacher"
+    assert "resume" not in settings("train.resume=true")["train"]
+    assert settings("export.prune_layers=2", "serve.workers=2") == settings()
