@@ -21,6 +21,7 @@ STAGE_LOGGERS = ("finetune", "export", "domainlift", "serve", "benchmarks")
 def job_parser(prog: str, doc: str, config_required: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=config_required, help="job YAML, e.g. configs/sentiment-kitchen.yaml")
+    # Callers parse with parse_intermixed_args: overrides may come before, between or after the options.
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.epochs=1")
     return parser
 

@@ -188,11 +188,12 @@ class Exporter:
 
     def _split_unlabeled(self):
         """(held out, the rest) of the target's unlabeled text: the last export.agreement_samples texts that are not
-        source training texts measure agreement; the rest distil, calibrate and make the drift reference."""
+        source training texts measure agreement; the rest distil, calibrate and make the drift reference. At most half
+        is held out, so a small corpus still leaves texts for those."""
         unlabeled = self.splits.unlabeled
         seen = {data_mod.text_key(r) for r in self.splits.train}
         fresh = [i for i, r in enumerate(unlabeled) if data_mod.text_key(r) not in seen]
-        held = set(fresh[len(fresh) - min(self.cfg.export.agreement_samples, len(fresh)) :])
+        held = set(fresh[len(fresh) - min(self.cfg.export.agreement_samples, len(fresh) // 2) :])
         rest = [i for i in range(len(unlabeled)) if i not in held]
         return unlabeled.select(sorted(held)), unlabeled.select(rest)
 

@@ -73,14 +73,16 @@ def predict_logits(model, tokenizer, texts: list[str], max_length: int, batch_si
 
 
 def select(logits: np.ndarray, source_share: np.ndarray, c: SelfTrainConfig) -> np.ndarray:
-    """Indices of the pseudo-labelled texts: per class, the most confident of those predicted as it, at most
-    top_fraction * n * (the class's share of the source labels), and none below the threshold."""
+    """Indices of the pseudo-labelled texts: per predicted class, the most confident of the texts predicted as it,
+    none below the threshold, at most top_fraction * n * (the class's share of the source labels) (balance: source)
+    or top_fraction of the texts predicted as it (balance: predicted)."""
     probs = _softmax(logits)
     pred, conf = probs.argmax(-1), probs.max(-1)
     chosen = []
     for k, share in enumerate(source_share):
         mine = np.where((pred == k) & (conf >= c.threshold))[0]
-        limit = int(c.top_fraction * len(logits) * share)
+        predicted = int((pred == k).sum())
+        limit = int(c.top_fraction * (len(logits) * share if c.balance == "source" else predicted))
         chosen.append(mine[np.argsort(-conf[mine], kind="stable")][:limit])
     return np.sort(np.concatenate(chosen))
 

@@ -41,10 +41,6 @@ def test_the_adapt_matrix_runs_a_one_pair_slice_and_resumes(tmp_path, tiny_model
     assert adapt_matrix.main([*argv, "export.prune_layers=1"]) == 0
     cells = json.loads((tmp_path / "results.json").read_text())["cells"]["books:kitchen"]
     assert all(run["reused"] for cell in cells.values() for run in cell["runs"])
-    # ... and when a setting of a part the method does not run changed (dann's weight for source-only).
-    assert adapt_matrix.main([*argv, "--methods", "full,dann", "method.dann.weight=0.5"]) == 0
-    cells = json.loads((tmp_path / "results.json").read_text())["cells"]["books:kitchen"]
-    assert cells["full"]["runs"][0]["reused"] is True and cells["dann"]["runs"][0]["reused"] is False
     assert adapt_matrix.main([*argv, "train.learning_rate=1e-4", "--methods", "full"]) == 0
     assert (
         json.loads((tmp_path / "results.json").read_text())["cells"]["books:kitchen"]["full"]["runs"][0]["reused"]
@@ -68,6 +64,10 @@ def test_the_adapt_matrix_runs_a_one_pair_slice_and_resumes(tmp_path, tiny_model
         in (tmp_path / "results.md").read_text()
     )
     assert f"| {wins} of 2 |" in (tmp_path / "results.md").read_text()
+    # Reused also when a setting of a part the method does not run changed (dann's weight for source-only).
+    assert adapt_matrix.main([*argv, "--methods", "full,dann", "method.dann.weight=0.5"]) == 0
+    cells = json.loads((tmp_path / "results.json").read_text())["cells"]["books:kitchen"]
+    assert cells["full"]["runs"][0]["reused"] is True and cells["dann"]["runs"][0]["reused"] is False
     assert adapt_matrix.main([*argv, "--seeds", "42,x"]) == 2
     assert "comma-separated integers" in capsys.readouterr().err
     assert adapt_matrix.main(["--pairs", "books:books"]) == 2
@@ -131,6 +131,13 @@ def test_a_self_train_column_is_taught_by_its_base_columns_cell(tmp_path, tiny_m
     assert student["data"]["unlabeled"] == ["data/amazon-reviews/unlabeled/kitchen.jsonl"], "the target's pool"
     report = json.loads((tmp_path / "results.json").read_text())
     assert report["methods"] == ["self-train"] and report["gain_over_baseline"] == {}  # no baseline column asked
+    (run,) = report["cells"]["books:kitchen"]["self-train"]["runs"]
+    student = json.loads((tmp_path / "runs/books-to-kitchen-self-train-seed42/checkpoint/metrics.json").read_text())
+    assert run["student_score"] == student["rounds"][-1]["target_test"]["accuracy"]
+    assert (
+        f"the student alone, before the average with its teacher | {run['student_score']:.4f} |"
+        in (tmp_path / "results.md").read_text()
+    )
     assert adapt_matrix.main(argv) == 0
     cells = json.loads((tmp_path / "results.json").read_text())["cells"]["books:kitchen"]
     assert cells["self-train"]["runs"][0]["reused"] is True

@@ -140,6 +140,7 @@ def test_a_student_distils_into_fewer_layers_on_unlabeled_text_and_never_sees_th
     held = set(exporter.tokenizer.batch_decode(exporter.encode(exporter.held_out, "x")["input_ids"],
                                                skip_special_tokens=True))  # fmt: skip
     assert held and not held & seen["texts"], "held-out texts measure agreement; the student never learns them"
+    assert 0 < len(exporter.held_out) <= len(exporter.pool), "at most half is held out: texts remain to distil on"
     train = set(exporter.tokenizer.batch_decode(exporter.encode(exporter.splits.train, "x")["input_ids"],
                                                 skip_special_tokens=True))  # fmt: skip
     assert train <= seen["texts"], "every source training text is distilled on"

@@ -232,6 +232,10 @@ def test_pseudo_labels_are_class_balanced_confident_and_the_teachers_own():
     c.threshold, c.labels = 0.9, "hard"
     pseudo, _ = self_train.pseudo_labelled(logits, texts, ["negative", "positive"], ["negative", "positive"], c)
     assert sorted(pseudo["text"]) == ["t0", "t4"] and all(sorted(s) == [0.0, 1.0] for s in pseudo["soft"])
+    # balance: predicted keeps the teacher's class mix: the top half of its 6 positives and of its 2 negatives
+    c.threshold, c.balance = 0.0, "predicted"
+    pseudo, info = self_train.pseudo_labelled(logits, texts, ["negative", "positive"], ["negative", "positive"], c)
+    assert sorted(pseudo["text"]) == ["t0", "t1", "t4", "t6"] and info["per_class"] == {"negative": 1, "positive": 3}
 
 
 def test_self_training_learns_only_from_unlabeled_text_labelled_by_its_teacher(tmp_path, tiny_model_dir, monkeypatch):
