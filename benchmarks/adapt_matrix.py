@@ -224,14 +224,6 @@ def markdown(report: dict) -> str:
             + " | ".join("" if m == baseline else f"{above[m]} of {runs}" for m in methods)
             + " |"
         )
-    students = [m for m in methods if all("student_score" in r for p in pairs for r in cells[p][m]["runs"])]
-    if students:  # the self-trained students' own scores: what the average with the teacher adds
-        student_mean = {m: fmean(r["student_score"] for p in pairs for r in cells[p][m]["runs"]) for m in students}
-        lines.append(
-            "| +self-train: the student alone, before the average with its teacher | "
-            + " | ".join(f"{student_mean[m]:.4f}" if m in students else "" for m in methods)
-            + " |"
-        )
     lines.append(
         "| train time, s (mean; +self-train: labelling and student, the teacher is its base column's cell) | "
         + " | ".join(f"{fmean(cells[p][m]['train_runtime_s'] for p in pairs):.0f}" for m in methods)
@@ -322,12 +314,6 @@ def main(argv=None) -> int:
                 "score": metrics["target_test"][suite["metric"]],
                 "target_test": {k: v for k, v in metrics["target_test"].items() if k != "per_type"},
                 "train_runtime_s": metrics["train_runtime_s"],
-                # +self-train: the last student's own score, before the average with its teacher
-                **(
-                    {"student_score": metrics["rounds"][-1]["target_test"][suite["metric"]]}
-                    if "rounds" in metrics
-                    else {}
-                ),
                 "reused": metrics["reused"],
                 "checkpoint": str(cfg.job_dir / "checkpoint"),
             }

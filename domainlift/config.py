@@ -152,11 +152,6 @@ class SelfTrainConfig:
     labels: Literal["soft", "hard"] = "soft"
     temperature: float = 1.0  # soft labels: softmax(teacher logits / temperature); < 1 sharpens them
     weight: float = 1.0  # loss weight of a pseudo-labelled text relative to a labelled one
-    # The saved model is the weight-by-weight average (1 - teacher_weight) * last student + teacher_weight * first
-    # teacher: both were fine-tuned from the same pretrained weights, so their average is one model in the same
-    # basin (a "model soup", Wortsman et al. 2022; WiSE-FT) that beat both on the target (docs/domain-adaptation.md);
-    # it costs nothing at inference. 0 = the student alone. The student's own score goes to metrics.json.
-    teacher_weight: float = 0.5
 
 
 # The training objectives. method.name = [dapt+]<objective>[+self-train]: dapt runs domain-adaptive pre-training
@@ -594,10 +589,8 @@ def _check_method(cfg: JobConfig) -> None:
     if m.self_training:
         if cfg.data.task != "text-classification":
             raise ConfigError("self-train works on text classification only (method.name ...+self-train)")
-        if st.rounds < 1 or not 0 < st.top_fraction <= 1 or not 0 <= st.threshold < 1 or not 0 <= st.teacher_weight < 1:
-            raise ConfigError(
-                "method.self_train: rounds >= 1, top_fraction in (0, 1], threshold in [0, 1), teacher_weight in [0, 1)"
-            )
+        if st.rounds < 1 or not 0 < st.top_fraction <= 1 or not 0 <= st.threshold < 1:
+            raise ConfigError("method.self_train: rounds >= 1, top_fraction in (0, 1], threshold in [0, 1)")
         if st.temperature <= 0 or st.weight <= 0:
             raise ConfigError("method.self_train.temperature and weight must be positive")
     elif st.teacher:

@@ -165,8 +165,8 @@ def train(job: Job, start: Path, method: ModuleType, train_set, out: Path) -> Tr
 def self_train(job: Job, start: Path, trained: Trained | None) -> tuple[Trained, dict]:
     """Rounds of: the teacher labels the target's unlabeled text; a fresh student trains on the labelled source
     data plus the confident pseudo-labels and becomes the next teacher. The first teacher is the model just
-    trained, or method.self_train.teacher. Returns the last student, averaged with the first teacher's weights
-    (method.self_train.teacher_weight), and a record of the teaching (each student's own test score in it)."""
+    trained, or method.self_train.teacher. Returns the last student and a record of the teaching (each round's
+    student's test score in it, reported, never selected on)."""
     c, labels, max_length = job.cfg.method.self_train, job.splits.labels, job.cfg.model.max_length
     if trained is None:
         teacher, teacher_test = job.teacher, _recorded_test(Path(c.teacher))
@@ -177,7 +177,6 @@ def self_train(job: Job, start: Path, trained: Trained | None) -> tuple[Trained,
             trained.trainer.predict(job.encoded["test"], metric_key_prefix="t").metrics, "t"
         )
         spent = trained.cost["train_runtime_s"]
-    first_teacher = teacher
     texts = tasks.texts_of(job.splits.unlabeled)
     source_labels = list(job.splits.train["label"])
     record = {"teacher": c.teacher or job.cfg.method.objective, "teacher_target_test": teacher_test, "rounds": []}
@@ -198,9 +197,6 @@ def self_train(job: Job, start: Path, trained: Trained | None) -> tuple[Trained,
             {**info, "labelling_s": round(labelling_s, 1), "target_test": trainer_mod.strip(test, "t")}
         )
         teacher = trained.trainer.model
-    if c.teacher_weight:
-        self_train_mod.average_into(trained.trainer.model, first_teacher, c.teacher_weight)
-        record["teacher_weight"] = c.teacher_weight
     trained.cost["train_runtime_s"] = round(spent, 2)  # the teacher (when trained here), labelling and students
     return trained, record
 

@@ -9,7 +9,6 @@ The student is plain full fine-tuning from the same starting weights as the teac
 dapt+self-train), with soft targets: each text's loss is the cross-entropy against its target distribution (the
 teacher's probabilities for a pseudo-labelled text, one-hot for a labelled one), weighted by method.self_train.weight
 for pseudo-labelled texts. Evaluation and model selection are the plain task loss and metrics on the source dev set.
-The saved model averages the last student's weights with the first teacher's (method.self_train.teacher_weight).
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from transformers import Trainer as HFTrainer
 
 from domainlift import tasks
 from domainlift.config import SelfTrainConfig
-from domainlift.errors import ConfigError
 
 log = logging.getLogger(__name__)
 SOFT, WEIGHT = "soft", "weight"  # the extra training columns: target distribution, loss weight
@@ -122,25 +120,6 @@ def student_data(encoded_train, pseudo: datasets.Dataset, tokenizer, labels: lis
     enc = enc.add_column(SOFT, pseudo[SOFT]).add_column(WEIGHT, pseudo[WEIGHT])
     source = with_targets(encoded_train, len(labels))
     return datasets.concatenate_datasets([source, enc.cast(source.features)])
-
-
-@torch.no_grad()
-def average_into(student, teacher, teacher_weight: float) -> None:
-    """student's weights := (1 - teacher_weight) * student + teacher_weight * teacher, in place. Both must have been
-    fine-tuned from the same pretrained weights (the same architecture, every tensor the same shape)."""
-    theirs = teacher.state_dict()
-    mine = student.state_dict()
-    mismatch = [k for k, v in mine.items() if k not in theirs or theirs[k].shape != v.shape]
-    if mismatch:
-        raise ConfigError(
-            f"method.self_train.teacher_weight={teacher_weight} averages the student with its teacher, but they differ "
-            f"in {', '.join(mismatch[:3])}: use a teacher fine-tuned from the same model, or teacher_weight=0"
-        )
-    for k, v in mine.items():
-        if v.is_floating_point():
-            v.mul_(1 - teacher_weight).add_(theirs[k].to(v.device, v.dtype), alpha=teacher_weight)
-    log.info("self-train: the saved model is %.2f x the student + %.2f x the first teacher, weight by weight",
-             1 - teacher_weight, teacher_weight)  # fmt: skip
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -131,13 +131,6 @@ def test_a_self_train_column_is_taught_by_its_base_columns_cell(tmp_path, tiny_m
     assert student["data"]["unlabeled"] == ["data/amazon-reviews/unlabeled/kitchen.jsonl"], "the target's pool"
     report = json.loads((tmp_path / "results.json").read_text())
     assert report["methods"] == ["self-train"] and report["gain_over_baseline"] == {}  # no baseline column asked
-    (run,) = report["cells"]["books:kitchen"]["self-train"]["runs"]
-    student = json.loads((tmp_path / "runs/books-to-kitchen-self-train-seed42/checkpoint/metrics.json").read_text())
-    assert run["student_score"] == student["rounds"][-1]["target_test"]["accuracy"]
-    assert (
-        f"the student alone, before the average with its teacher | {run['student_score']:.4f} |"
-        in (tmp_path / "results.md").read_text()
-    )
     assert adapt_matrix.main(argv) == 0
     cells = json.loads((tmp_path / "results.json").read_text())["cells"]["books:kitchen"]
     assert cells["self-train"]["runs"][0]["reused"] is True

@@ -263,7 +263,7 @@ def test_self_training_learns_only_from_unlabeled_text_labelled_by_its_teacher(t
     assert len(captured) == 2 and [r["pseudo_labelled"] for r in metrics["rounds"]] == [len(p) for p in captured]
     assert metrics["teacher"] == str(teacher)
     assert metrics["teacher_target_test"] == json.loads((teacher / "metrics.json").read_text())["target_test"]
-    assert metrics["teacher_weight"] == 0.5 and "target_test" in metrics["rounds"][-1], "the soup and the student's own"
+    assert "target_test" in metrics["rounds"][-1], "each round's student's own test score is reported"
     first = captured[0]
     assert set(first["text"]) <= set(splits.unlabeled["text"]) and not set(first["text"]) & set(splits.test["text"])
     tok = AutoTokenizer.from_pretrained(teacher)
@@ -274,18 +274,3 @@ def test_self_training_learns_only_from_unlabeled_text_labelled_by_its_teacher(t
         run(load_config(job("bad", {"name": "self-train", "self_train": {"teacher": str(tmp_path / "nope")}})))
     with pytest.raises(ConfigError, match="does not end in \\+self-train"):
         load_config(job("bad", {"name": "full", "self_train": {"teacher": str(teacher)}}))
-
-
-def test_the_self_trained_model_averages_the_student_with_its_teacher(tiny_model_dir):
-    teacher = BertForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
-    student = BertForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
-    with torch.no_grad():
-        for p in student.parameters():
-            p.add_(1.0)
-    expected = {k: 0.75 * v + 0.25 * teacher.state_dict()[k] for k, v in student.state_dict().items()}
-    self_train.average_into(student, teacher, 0.25)
-    for k, v in student.state_dict().items():
-        assert torch.allclose(v, expected[k]), k
-    other = BertForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=3)
-    with pytest.raises(ConfigError, match="use a teacher fine-tuned from the same model, or teacher_weight=0"):
-        self_train.average_into(student, other, 0.5)
