@@ -275,7 +275,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", help="training seeds, comma-separated (default: the config's train.seed)")
     parser.add_argument("--out", help="default artifacts/adapt-matrix (amazon), artifacts/adapt-matrix-crossner")
     parser.add_argument("--force", action="store_true", help="rerun cells that already finished")
-    args = parser.parse_intermixed_args(argv)
+    args = parser.parse_args(argv)
 
     import torch
     from tqdm import tqdm

@@ -70,7 +70,7 @@ def table(results: dict) -> str:
 @cli.entry
 def main(argv=None) -> int:
     parser = cli.job_parser("python -m benchmarks.bench_serve", __doc__)
-    args = parser.parse_intermixed_args(argv)
+    args = parser.parse_args(argv)
     cfg, out, texts_file = prepare(args)
     results = {}
     for key, command in commands(args, cfg).items():

@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     parser.add_argument("--per-request", type=int, default=8)
     parser.add_argument("--prometheus", action="store_true", help="a real Prometheus evaluates the alert rules")
     parser.add_argument("--alert-for", default="5s", help="the alert rules' `for:` in the demo (shipped: 10m)")
-    args = parser.parse_intermixed_args(argv)
+    args = parser.parse_args(argv)
 
     cfg = load_config(args.config, args.overrides)
     limit = cfg.serve.max_chars

@@ -273,7 +273,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--task", choices=["text-classification", "token-classification"], default="text-classification"
     )
-    args = parser.parse_intermixed_args(argv)
+    args = parser.parse_args(argv)
 
     from tqdm import tqdm
     from transformers import AutoTokenizer

@@ -92,7 +92,7 @@ def run_locust(url: str, cfg, texts_file: Path, out: Path, name: str = "loadtest
 def main(argv=None) -> int:
     parser = cli.job_parser("python -m benchmarks.loadtest", __doc__)
     parser.add_argument("--url", help="a running service (default: start `python -m serve` on a free port)")
-    args = parser.parse_intermixed_args(argv)
+    args = parser.parse_args(argv)
     cfg, out, texts_file = prepare(args)
     if args.url:
         summary = {**run_locust(args.url, cfg, texts_file, out), "server_memory_mb": memory_mb(args.url)}

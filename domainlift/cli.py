@@ -18,10 +18,16 @@ from domainlift.errors import DomainliftError
 STAGE_LOGGERS = ("finetune", "export", "domainlift", "serve", "benchmarks")
 
 
+class JobParser(argparse.ArgumentParser):
+    """Parses intermixed: overrides may come before, between or after the options (`--methods full x.y=1`)."""
+
+    def parse_args(self, args=None, namespace=None):
+        return self.parse_intermixed_args(args, namespace)
+
+
 def job_parser(prog: str, doc: str, config_required: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = JobParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=config_required, help="job YAML, e.g. configs/sentiment-kitchen.yaml")
-    # Callers parse with parse_intermixed_args: overrides may come before, between or after the options.
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.epochs=1")
     return parser
 

@@ -19,7 +19,7 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", help="comma-separated variant names (default: export.variants in the config)")
     parser.add_argument("--force", action="store_true", help="rebuild variants that are up to date")
     parser.add_argument("--list", action="store_true", help="print the variant names and exit")
-    args = parser.parse_intermixed_args(argv)
+    args = parser.parse_args(argv)
     if args.list:
         print(variants.valid_names())
         return 0

@@ -19,7 +19,7 @@ def main(argv=None) -> int:
         "--resume", action="store_true", help="continue from the last saved state in artifacts/<job>/run"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint / earlier run state")
-    args = parser.parse_intermixed_args(argv)
+    args = parser.parse_args(argv)
     run(load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite)
     return 0
 

@@ -12,7 +12,7 @@ from readapt.recipe import run
 
 @cli.entry
 def main(argv=None) -> int:
-    args = cli.job_parser("python -m readapt", __doc__).parse_intermixed_args(argv)
+    args = cli.job_parser("python -m readapt", __doc__).parse_args(argv)
     decision = run(args.config, args.overrides)
     print(json.dumps(decision, indent=2))
     return 0 if decision["promoted"] else 1

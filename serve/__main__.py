@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--insecure", action="store_true", help="serve a non-loopback --host without DOMAINLIFT_API_KEY (no auth)"
     )
-    args = parser.parse_intermixed_args(argv)
+    args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     if not args.build and args.host not in LOOPBACK and not api_keys() and not args.insecure:
         raise ConfigError(
