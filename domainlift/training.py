@@ -29,11 +29,28 @@ def precision_flags(choice: str) -> dict:
     return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
 
 
+def warn_long_warmup(t: TrainConfig, epochs: float) -> None:
+    """The warm-up is a fraction of the epoch cap, not of the epochs a run lasts: with a large cap and early stopping
+    (CrossNER's 300 epochs, patience 8) 10 % is 30 epochs at a low learning rate, and early stopping can end the run
+    before the warm-up does (CrossNER ai stayed at F1 0.008 that way)."""
+    warmup_epochs = t.warmup_ratio * epochs
+    per_epoch = not t.eval_steps and t.max_steps <= 0  # patience counts epochs only when evaluation is per epoch
+    if t.early_stopping_patience and per_epoch and warmup_epochs > t.early_stopping_patience:
+        log.warning(
+            "train.warmup_ratio=%g of %g epochs is %.1f epochs of warm-up, longer than early_stopping_patience=%d: "
+            "early stopping can end the run while the learning rate is still rising; lower train.warmup_ratio "
+            "(e.g. to %.2g, one epoch) or train.epochs",
+            t.warmup_ratio, epochs, warmup_epochs, t.early_stopping_patience, 1 / epochs,
+        )  # fmt: skip
+
+
 def training_args(t: TrainConfig, out: Path, *, epochs: float, learning_rate: float, select: bool) -> TrainingArguments:
     """select=True (task fine-tuning, labelled pre-training): evaluate on dev and save a resumable state every epoch
     (or every train.eval_steps), keep the best by the selection metric, honour train.max_steps. select=False (DAPT,
     pruning recovery): train for `epochs`, no evaluation, no saved states."""
     strategy = ("steps" if t.eval_steps else "epoch") if select else "no"
+    if select:
+        warn_long_warmup(t, epochs)
     selection = (
         {
             "eval_steps": t.eval_steps,

@@ -1,5 +1,6 @@
 """The job config: shipped YAMLs validate, typos are named, overrides are typed."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,17 @@ def test_only_the_settings_of_the_parts_a_method_runs_decide_its_checkpoint(tmp_
     assert settings("method.name=full", "method.self_train.top_fraction=0.5") == settings(), "a self-train teacher"
     assert "resume" not in settings("train.resume=true")["train"]
     assert settings("export.prune_layers=2", "serve.workers=2") == settings()
+
+
+def test_a_warmup_longer_than_the_early_stopping_window_is_warned(caplog, tmp_path, monkeypatch):
+    # 10 % of a 300-epoch cap is 30 epochs of warm-up: patience 8 can end the run before the lr has risen.
+    from domainlift.training import training_args
+
+    monkeypatch.chdir(ROOT)
+    ner = load_config(ROOT / "configs/ner-conll2003-to-politics.yaml")
+    with caplog.at_level(logging.WARNING, logger="domainlift.training"):
+        training_args(ner.train, tmp_path, epochs=300, learning_rate=5e-5, select=True)  # the shipped warm-up: 0
+        assert "warm-up" not in caplog.text
+        ner.train.warmup_ratio = 0.1
+        training_args(ner.train, tmp_path, epochs=300, learning_rate=5e-5, select=True)
+    assert "30.0 epochs of warm-up, longer than early_stopping_patience=8" in caplog.text
