@@ -274,6 +274,9 @@ class ExportConfig:
     student_epochs: float = 3.0
     student_learning_rate: float | None = None  # null = train.learning_rate
     student_hidden_weight: float = 1.0  # weight of the per-layer hidden-state loss; 0 = logits only
+    # More text to distil students on, beyond the target's unlabeled text, in data.unlabeled's forms (e.g. related
+    # domains' reviews, traffic logged elsewhere). Used for nothing else; test and held-out texts are dropped.
+    student_unlabeled: list = field(default_factory=list)
     # The drift reference saved with each variant (drift_profile.json): its predictions on this many of the
     # target domain's unlabeled texts; the service compares live traffic with it (docs/monitoring.md).
     drift_samples: int = 500

@@ -137,33 +137,34 @@ def _read_table(path: Path, fmt: str, d: DomainConfig) -> datasets.Dataset:
     return ds
 
 
-def read_unlabeled(items: list, d: DomainConfig, task: str) -> datasets.Dataset:
-    """data.unlabeled: the texts of JSONL/CSV files or plain text files (.txt, one text per line), in order, as rows
-    of `text` (or `tokens`, the text split on whitespace, for NER). An item is a path (its texts are in the target's
-    text field, d.text_field) or a mapping {path, text_field, format} for a file with a column of its own, or a
-    CoNLL file whose sentences are the texts (format: conll; its tags are never read)."""
+def read_unlabeled(items: list, d: DomainConfig, task: str, key: str = "data.unlabeled") -> datasets.Dataset:
+    """data.unlabeled (or another key of its form, named in the errors): the texts of JSONL/CSV files or plain text
+    files (.txt, one text per line), in order, as rows of `text` (or `tokens`, the text split on whitespace, for
+    NER). An item is a path (its texts are in the target's text field, d.text_field) or a mapping {path, text_field,
+    format} for a file with a column of its own, or a CoNLL file whose sentences are the texts (format: conll; its
+    tags are never read)."""
     texts: list[str] = []
     for item in items:
         if isinstance(item, dict):
             unknown = set(item) - {"path", "text_field", "format"}
             if "path" not in item or unknown:
                 raise DataError(
-                    f"data.unlabeled: {item} must be a path or a mapping {{path: ..., text_field: ..., format: ...}}"
+                    f"{key}: {item} must be a path or a mapping {{path: ..., text_field: ..., format: ...}}"
                 )
             p, field, fmt = Path(item["path"]), item.get("text_field") or d.text_field, item.get("format")
         else:
             p, field, fmt = Path(item), d.text_field, None
         if not p.is_file():
-            raise DataError(f"data.unlabeled: {p} does not exist (paths are relative to the directory you run from)")
+            raise DataError(f"{key}: {p} does not exist (paths are relative to the directory you run from)")
         suffix = p.suffix.lower()
         fmt = fmt or {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".txt": "text", ".conll": "conll"}.get(suffix)
         if fmt not in ("jsonl", "csv", "text", "conll"):
             raise DataError(
-                f"data.unlabeled: {p} is neither .jsonl, .csv nor .txt (plain text, one text per line); "
+                f"{key}: {p} is neither .jsonl, .csv nor .txt (plain text, one text per line); "
                 "for a CoNLL file say {path: ..., format: conll}"
             )
         if not p.read_text(encoding="utf-8", errors="replace").strip():
-            raise DataError(f"data.unlabeled: {p} is empty; fill it or remove it from data.unlabeled")
+            raise DataError(f"{key}: {p} is empty; fill it or remove it from {key}")
         if fmt == "conll":
             found = [" ".join(tokens) for tokens in read_conll(p)["tokens"]]
         elif fmt == "text":
@@ -172,15 +173,15 @@ def read_unlabeled(items: list, d: DomainConfig, task: str) -> datasets.Dataset:
             ds = _load_table(p, fmt)
             if field not in ds.column_names:
                 raise DataError(
-                    f"data.unlabeled: {p} has no column {field!r} (columns: {', '.join(ds.column_names)}); "
-                    f"name its column: data.unlabeled: [{{path: {p}, text_field: <column>}}]"
+                    f"{key}: {p} has no column {field!r} (columns: {', '.join(ds.column_names)}); "
+                    f"name its column: {key}: [{{path: {p}, text_field: <column>}}]"
                 )
             found = [t.strip() if isinstance(t, str) else "" for t in ds[field]]
         kept = [t for t in found if t]
         if len(kept) < len(found):
-            log.warning("data.unlabeled: %s: dropped %d of %d empty texts", p, len(found) - len(kept), len(found))
+            log.warning("%s: %s: dropped %d of %d empty texts", key, p, len(found) - len(kept), len(found))
         if not kept:
-            raise DataError(f"data.unlabeled: {p} holds no text; fill it or remove it from data.unlabeled")
+            raise DataError(f"{key}: {p} holds no text; fill it or remove it from {key}")
         texts += kept
     if task == "token-classification":
         features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string"))})
@@ -302,7 +303,7 @@ def build_splits(cfg: DataConfig) -> Splits:
     # Real corpora repeat themselves (the Amazon files hold 22-43 reviews twice): a copy of a test example
     # in training data would leak the test set, so copies are dropped from everything but the test set.
     train, dev, target_train = (
-        _drop_overlap(ds, test, name) for ds, name in ((train, "train"), (dev, "dev"), (target["train"], "target"))
+        drop_overlap(ds, test, name) for ds, name in ((train, "train"), (dev, "dev"), (target["train"], "target"))
     )
     if cfg.target_labelled:  # few-shot: some target labels join the source's
         if same:
@@ -352,7 +353,7 @@ def augment(ds: datasets.Dataset, how: str, prob: float, copies: int, seed: int)
 def _add_unlabeled(unlabeled: datasets.Dataset, extra: datasets.Dataset, test: datasets.Dataset) -> datasets.Dataset:
     """The target's unlabeled train texts, then the data.unlabeled texts that are neither a test text (that would
     leak the test set into adaptation) nor already in the corpus; each drop is counted in a warning."""
-    extra = _drop_overlap(extra, test, "data.unlabeled")
+    extra = drop_overlap(extra, test, "data.unlabeled")
     seen = {text_key(r) for r in unlabeled}
     keep = []
     for i, row in enumerate(extra):
@@ -371,14 +372,15 @@ def text_key(row: dict) -> str:
     return row["text"] if "text" in row else "\x1f".join(row["tokens"])
 
 
-def _drop_overlap(ds: datasets.Dataset, test: datasets.Dataset, name: str) -> datasets.Dataset:
+def drop_overlap(
+    ds: datasets.Dataset, test: datasets.Dataset, name: str, what: str = "the test set"
+) -> datasets.Dataset:
+    """ds without the rows whose text is also in `test` (a test set, or other texts that must stay unseen)."""
     test_keys = {text_key(r) for r in test}
     kept = ds.filter(lambda r: text_key(r) not in test_keys)
     if len(kept) < len(ds):
         log.warning(
-            "%s: dropped %d examples that also occur in the test set (duplicates in the data)",
-            name,
-            len(ds) - len(kept),
+            "%s: dropped %d examples that also occur in %s (duplicates in the data)", name, len(ds) - len(kept), what
         )
     return kept
 

@@ -49,11 +49,13 @@ class Exporter:
         self.splits = data_mod.build_splits(cfg.data)
         self.test = self.encode(self.splits.test, "test")
         self.gold = evaluate.label_matrix(self.test)
+        self.held_out, self.pool = self._split_unlabeled()
+        # read now, so that a bad file is an error before any variant is built
+        self.student_extra = self._student_extra() if cfg.export.student_unlabeled else None
         self.threads = cfg.export.latency_threads or os.cpu_count()
         self.work = Path(tempfile.mkdtemp(prefix="domainlift-export-"))
         self.graphs = variants.Graphs(self.work, self.task, cfg.export.opset, self._calibration)
         self._made: dict[tuple, Path] = {}  # students and pruned models, made once per run
-        self.held_out, self.pool = self._split_unlabeled()
         self._drift_texts = self._held_out_ref = None
 
     def encode(self, ds, name: str):
@@ -179,12 +181,27 @@ class Exporter:
         """The distilled student with this many layers, made once per run for its variants."""
         key = ("student", layers)
         if key not in self._made:
-            texts = datasets.concatenate_datasets([self.splits.train.select_columns(self.pool.column_names), self.pool])
+            parts = [self.splits.train.select_columns(self.pool.column_names), self.pool]
+            if self.student_extra is not None:
+                parts.append(self.student_extra)
+            texts = datasets.concatenate_datasets(parts)
             first = {data_mod.text_key(r): i for i, r in reversed(list(enumerate(texts)))}  # each text once
             texts = self.encode(texts.select(sorted(first.values())), "distillation texts")
             self._made[key] = student.student_model(self.ckpt, self.cfg, texts, self.tokenizer,
                                                     self.work / f"student-{layers}", layers)  # fmt: skip
         return self._made[key]
+
+    def _student_extra(self):
+        """export.student_unlabeled's texts, less any test or held-out text (they must stay unseen to measure)."""
+        cfg = self.cfg.data
+        key = "export.student_unlabeled"
+        extra = data_mod.read_unlabeled(
+            self.cfg.export.student_unlabeled, data_mod.layout(cfg.target, cfg), cfg.task, key
+        )
+        extra = data_mod.drop_overlap(extra, self.splits.test, key)
+        extra = data_mod.drop_overlap(extra, self.held_out, key, "the held-out agreement texts")
+        log.info("%s: %d more texts to distil students on", key, len(extra))
+        return extra.cast(self.pool.features)
 
     def _split_unlabeled(self):
         """(held out, the rest) of the target's unlabeled text: the last export.agreement_samples texts that are not

@@ -179,6 +179,8 @@ def parse(name: str, cfg: JobConfig) -> Variant:
             "hidden_weight": e.student_hidden_weight,
             "data": "source train texts + target unlabeled (held-out texts excluded)",
         }
+        if e.student_unlabeled:  # only when set, so students built without it stay up to date
+            recipe["student"]["more_texts"] = [str(i) for i in e.student_unlabeled]
     if pct:
         recipe["prune"] = {
             "ratio": pct / 100,

@@ -12,6 +12,7 @@ from conftest import ROOT, write_config, write_easy_job
 
 from domainlift import manifest
 from domainlift.config import ConfigError, load_config
+from domainlift.errors import DataError
 from domainlift.runtime import OnnxRunner, load_runner
 from export import build, student
 from export.recipe import Exporter
@@ -150,6 +151,35 @@ def test_a_student_distils_into_fewer_layers_on_unlabeled_text_and_never_sees_th
         assert q["ratio_ci95"][0] <= q["ratio"] <= q["ratio_ci95"][1]
     with pytest.raises(ConfigError, match="a student needs fewer layers than the checkpoint's 2"):
         Exporter(cfg).run(["student-2-onnx-fp32"])
+
+
+def test_more_distillation_text_joins_the_students_but_never_a_test_or_held_out_text(
+    job, monkeypatch, tmp_path, caplog
+):
+    plain = Exporter(load_config(job))
+    test_text, held_text = plain.splits.test[0]["text"], plain.held_out[0]["text"]
+    more = tmp_path / "more.txt"
+    more.write_text("\n".join(["a new review of a kettle", "a new review of a toaster", test_text, held_text]) + "\n")
+    sizes = []
+    original = student.student_model
+
+    def spy(ckpt, cfg, texts, *rest):
+        sizes.append(len(texts))
+        return original(ckpt, cfg, texts, *rest)
+
+    monkeypatch.setattr(student, "student_model", spy)
+    Exporter(load_config(job), force=True).run(["student-1"])
+    cfg = load_config(job, [f"export.student_unlabeled=[{more}]"])
+    Exporter(cfg).run(["student-1"])  # not forced: the recipe changed, so the student is built again
+    assert sizes[1] == sizes[0] + 2, "the two new texts join; the test and the held-out text are dropped"
+    assert "1 examples that also occur in the test set" in caplog.text
+    assert "1 examples that also occur in the held-out agreement texts" in caplog.text
+    recipe = manifest.read(cfg.job_dir / "export/student-1")["recipe"]["student"]
+    assert recipe["more_texts"] == [str(more)], "a changed text list rebuilds the student"
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    with pytest.raises(DataError, match=f"export.student_unlabeled: {empty} is empty"):
+        Exporter(load_config(job, [f"export.student_unlabeled=[{empty}]"]))
 
 
 def test_variant_names_compose_student_pruning_and_base(job):
