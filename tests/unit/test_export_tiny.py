@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -158,6 +159,7 @@ def test_more_distillation_text_joins_the_students_but_never_a_test_or_held_out_
 ):
     plain = Exporter(load_config(job))
     test_text, held_text = plain.splits.test[0]["text"], plain.held_out[0]["text"]
+    shutil.rmtree(plain.work)  # built only to read its splits; run() is what cleans up otherwise
     more = tmp_path / "more.txt"
     more.write_text("\n".join(["a new review of a kettle", "a new review of a toaster", test_text, held_text]) + "\n")
     sizes = []
