@@ -10,8 +10,6 @@ Two suites:
   Each cell fine-tunes configs/sentiment-kitchen.yaml with the pair's domains; `full` (source-only) is the baseline.
   One more column, `few-shot-200`, is `full` with 200 labelled target reviews added to the training data: the
   methods use target text without labels, few-shot uses target labels, and it shows what a few labels buy.
-  `self-train-ensemble` (asked for by name, with two or more --seeds) is self-training taught by the source-only
-  runs of every seed together.
 - crossner: rows = CrossNER target domains, columns = how the target's 200 (ai: 100) labelled sentences are used,
   cells = entity micro-F1 on the target test set. Each cell fine-tunes configs/ner-conll2003-to-politics.yaml:
   `direct` fine-tunes on the target sentences alone (the baseline), `pretrain` trains on CoNLL-2003 first,
@@ -48,14 +46,7 @@ CPU_PAIRS = ["books:kitchen", "dvd:electronics", "electronics:books", "kitchen:d
 METHODS = ["full", "self-train", "dapt", "dapt+self-train", "udalm", "dapt+dann", "fgm"]
 # Columns that are not a method.name alone. Few-shot is a different setting from the others: it uses target
 # *labels* (200 of the target's 1600 train reviews, stratified), so it answers "what do a few labels buy".
-# self-train-ensemble is self-training taught by the source-only cells of every --seeds together (their probabilities
-# averaged): a better teacher, for one source-only run per seed; each seed's student is compared with that seed's
-# source-only run, as the other columns are.
-ENSEMBLE = "self-train-ensemble"
-AMAZON_SETTINGS = {
-    "few-shot-200": ["method.name=full", "data.target_labelled=200"],
-    ENSEMBLE: ["method.name=self-train"],
-}
+AMAZON_SETTINGS = {"few-shot-200": ["method.name=full", "data.target_labelled=200"]}
 
 NER_DOMAINS = ("politics", "science", "ai")
 # The target's unlabeled text is its ~200 training sentences and its dev sentences' text (the paper's DAPT corpora
@@ -70,7 +61,7 @@ SUITES = {
     "amazon": {
         "config": "configs/sentiment-kitchen.yaml",
         "out": "artifacts/adapt-matrix",
-        "columns": [*METHODS, "few-shot-200"],  # and self-train-ensemble when asked for, with two or more --seeds
+        "columns": [*METHODS, *AMAZON_SETTINGS],
         "baseline": "full",
         "metric": "accuracy",
     },
@@ -112,15 +103,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def cell_config(
-    suite: str,
-    base: str,
-    out: Path,
-    source: str,
-    target: str,
-    column: str,
-    seed: int | None,
-    overrides: list[str],
-    seeds: list = (None,),
+    suite: str, base: str, out: Path, source: str, target: str, column: str, seed: int | None, overrides: list[str]
 ):
     if suite == "amazon":
         cell = [
@@ -142,26 +125,16 @@ def cell_config(
         base, [f"output_dir={out / 'runs'}", *cell, *overrides, *([f"train.seed={seed}"] if seed is not None else [])]
     )
     cfg.job = cell_name(source, target, column, cfg.train.seed)
-    taught_by = teacher_cells(column, cfg.train.seed, [cfg.train.seed if s is None else s for s in seeds])
-    if taught_by and not cfg.method.self_train.teacher:
-        paths = [str(cfg.job_dir.parent / cell_name(source, target, c, s) / "checkpoint") for c, s in taught_by]
-        cfg.method.self_train.teacher = paths if column == ENSEMBLE else paths[0]
+    teacher = teacher_column(column)
+    if teacher and not cfg.method.self_train.teacher:
+        cfg.method.self_train.teacher = str(
+            cfg.job_dir.parent / cell_name(source, target, teacher, cfg.train.seed) / "checkpoint"
+        )
     return cfg
 
 
 def cell_name(source: str, target: str, column: str, seed: int) -> str:
     return f"{source}-to-{target}-{column.replace('+', '-')}-seed{seed}"
-
-
-def teacher_cells(column: str, seed: int, seeds: list[int]) -> list[tuple[str, int]]:
-    """The (column, seed) cells that teach a self-training column: its base column's cell with the same seed, or,
-    for self-train-ensemble, the source-only cell of every seed."""
-    if column == ENSEMBLE:
-        if len(seeds) < 2:
-            raise ConfigError(f"{ENSEMBLE} is taught by the source-only runs of every seed: give two or more --seeds")
-        return [("full", s) for s in seeds]
-    base = teacher_column(column)
-    return [(base, seed)] if base else []
 
 
 def teacher_column(column: str) -> str | None:
@@ -317,24 +290,20 @@ def main(argv=None) -> int:
     else:
         pairs = parse_ner_domains(args.pairs or ",".join(NER_DOMAINS))
     configs = {  # one seed's every cell before the next seed's: an interrupted matrix leaves whole seeds
-        (f"{s}:{t}", m, seed): cell_config(args.suite, base, out, s, t, m, seed, args.overrides, seeds)
+        (f"{s}:{t}", m, seed): cell_config(args.suite, base, out, s, t, m, seed, args.overrides)
         for seed in seeds
         for s, t in pairs
         for m in methods
     }
-    run_seeds = sorted({c.train.seed for c in configs.values()})
     cells: dict = {f"{s}:{t}": {m: {"runs": []} for m in methods} for s, t in pairs}
     t0 = time.perf_counter()
-    for (pair, method, _), cfg in tqdm(configs.items(), desc="adapt-matrix", unit="run"):
+    for (pair, method, seed), cfg in tqdm(configs.items(), desc="adapt-matrix", unit="run"):
         try:
-            source, target = pair.split(":")
-            teachers = [  # its teacher cells first (reused when finished, also when listed as a column themselves)
-                cell_config(args.suite, base, out, source, target, column, s, args.overrides)
-                for column, s in teacher_cells(method, cfg.train.seed, run_seeds)
-            ]
-            wanted = cfg.method.self_train.teacher
-            for teacher_cfg in teachers:  # unless method.self_train.teacher names other checkpoints
-                if str(teacher_cfg.job_dir / "checkpoint") in ([wanted] if isinstance(wanted, str) else wanted):
+            teacher = teacher_column(method)
+            if teacher:  # its teacher cell first (reused when finished, also when listed as a column itself)
+                source, target = pair.split(":")
+                teacher_cfg = cell_config(args.suite, base, out, source, target, teacher, seed, args.overrides)
+                if cfg.method.self_train.teacher == str(teacher_cfg.job_dir / "checkpoint"):
                     run_cell(teacher_cfg, force=False)
             metrics = run_cell(cfg, args.force)
         except DomainliftError as e:  # which cell, then what is wrong

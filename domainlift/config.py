@@ -136,9 +136,7 @@ class SelfTrainConfig:
     # <method>+self-train: the trained model (or `teacher`) labels the target's unlabeled text; per class, its most
     # confident predictions join the labelled source data, and a fresh student (full fine-tuning from the same
     # starting weights) trains on both. Text classification only. The teacher's test score goes to metrics.json.
-    # a checkpoint directory that labels instead of one trained first (e.g. source-only), or a list of them: an
-    # ensemble whose averaged probabilities label (e.g. source-only runs that differ only in train.seed)
-    teacher: str | list | None = None
+    teacher: str | None = None  # a checkpoint directory that labels instead of one trained first (e.g. source-only)
     rounds: int = 1  # each round's student is the next round's teacher
     # Which of the teacher's predictions become pseudo-labels, the most confident first, per predicted class c:
     #   balance: source     at most top_fraction * (unlabeled texts) * (c's share of the source labels): class-balanced
@@ -598,10 +596,6 @@ def _check_method(cfg: JobConfig) -> None:
             raise ConfigError("method.self_train: rounds >= 1, top_fraction in (0, 1], threshold in [0, 1)")
         if st.temperature <= 0 or st.weight <= 0:
             raise ConfigError("method.self_train.temperature and weight must be positive")
-        if isinstance(st.teacher, list) and not (st.teacher and all(isinstance(t, str) and t for t in st.teacher)):
-            raise ConfigError(
-                f"method.self_train.teacher is {st.teacher!r}: give a checkpoint directory or a non-empty list of them"
-            )
     elif st.teacher:
         raise ConfigError("method.self_train.teacher is set but method.name does not end in +self-train")
 

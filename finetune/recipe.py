@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import torch
 import transformers
 from transformers import AutoTokenizer, EarlyStoppingCallback, Trainer
@@ -170,8 +169,8 @@ def self_train(job: Job, start: Path, trained: Trained | None) -> tuple[Trained,
     student's test score in it, reported, never selected on)."""
     c, labels, max_length = job.cfg.method.self_train, job.splits.labels, job.cfg.model.max_length
     if trained is None:
-        teacher, spent = job.teacher, 0.0
-        teacher_test = _recorded_test(Path(c.teacher)) if isinstance(c.teacher, str) else _ensemble_test(job)
+        teacher, teacher_test = job.teacher, _recorded_test(Path(c.teacher))
+        spent = 0.0
     else:
         teacher = trained.trainer.model
         teacher_test = trainer_mod.strip(
@@ -202,10 +201,8 @@ def self_train(job: Job, start: Path, trained: Trained | None) -> tuple[Trained,
     return trained, record
 
 
-def load_teacher(path: str | list[str], labels: list[str]):
-    """A checkpoint to label with (or a list of them: an ensemble): verified, and predicting this job's labels."""
-    if isinstance(path, list):
-        return self_train_mod.Ensemble([load_teacher(p, labels) for p in path])
+def load_teacher(path: str, labels: list[str]):
+    """A checkpoint to label with: verified, and predicting this job's labels."""
     root = Path(path)
     if not root.is_dir():
         raise ConfigError(f"method.self_train.teacher {root} does not exist; point it at a checkpoint directory")
@@ -218,14 +215,6 @@ def load_teacher(path: str | list[str], labels: list[str]):
             "point it at a checkpoint fine-tuned for this task"
         )
     return tasks.model_class("text-classification").from_pretrained(root)
-
-
-def _ensemble_test(job: Job) -> dict:
-    """An ensemble teacher's own target-test metrics (reported beside its students', never selected on)."""
-    test = job.encoded["test"]
-    logits = self_train_mod.predict_logits(job.teacher, job.tokenizer, tasks.texts_of(job.splits.test),
-                                           job.cfg.model.max_length)  # fmt: skip
-    return metrics.metrics_fn(job.cfg.data.task, job.splits.labels)((logits, np.array(test["labels"])))
 
 
 def _recorded_test(root: Path) -> dict:

@@ -20,7 +20,6 @@ import datasets
 import numpy as np
 import torch
 from transformers import Trainer as HFTrainer
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 from domainlift import tasks
 from domainlift.config import SelfTrainConfig
@@ -55,24 +54,6 @@ class Trainer(HFTrainer):
         per_text = -(soft * outputs.logits.float().log_softmax(-1)).sum(-1)
         loss = (per_text * weight).sum() / weight.sum()
         return (loss, outputs) if return_outputs else loss
-
-
-class Ensemble(torch.nn.Module):
-    """Teachers that label together (method.self_train.teacher: a list): the mean of their probabilities, returned
-    as its log so that it reads as logits (softmax gives the mean back)."""
-
-    def __init__(self, members: list):
-        super().__init__()
-        self.members = torch.nn.ModuleList(members)
-        self.config = members[0].config
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    def forward(self, **batch):
-        probs = torch.stack([m(**batch).logits.float().softmax(-1) for m in self.members]).mean(0)
-        return SequenceClassifierOutput(logits=probs.log())
 
 
 @torch.inference_mode()

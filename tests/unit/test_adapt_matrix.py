@@ -4,11 +4,9 @@ import json
 import statistics
 
 import pytest
-from conftest import ROOT
 
 from benchmarks import adapt_matrix
 from domainlift import manifest
-from domainlift.errors import ConfigError
 
 
 def test_the_adapt_matrix_runs_a_one_pair_slice_and_resumes(tmp_path, tiny_model_dir, capsys):
@@ -136,27 +134,3 @@ def test_a_self_train_column_is_taught_by_its_base_columns_cell(tmp_path, tiny_m
     assert adapt_matrix.main(argv) == 0
     cells = json.loads((tmp_path / "results.json").read_text())["cells"]["books:kitchen"]
     assert cells["self-train"]["runs"][0]["reused"] is True
-
-
-def test_the_ensemble_column_is_taught_by_the_source_only_cell_of_every_seed(tmp_path):
-    def teacher(seeds):
-        cfg = adapt_matrix.cell_config(
-            "amazon",
-            str(ROOT / "configs/sentiment-kitchen.yaml"),
-            tmp_path,
-            "books",
-            "kitchen",
-            adapt_matrix.ENSEMBLE,
-            43,
-            [],
-            seeds,
-        )
-        return cfg.method.name, cfg.method.self_train.teacher
-
-    runs = tmp_path / "runs"
-    assert teacher([42, 43]) == (
-        "self-train",
-        [str(runs / f"books-to-kitchen-full-seed{s}/checkpoint") for s in (42, 43)],
-    )
-    with pytest.raises(ConfigError, match="two or more --seeds"):
-        teacher([43])

@@ -274,34 +274,3 @@ def test_self_training_learns_only_from_unlabeled_text_labelled_by_its_teacher(t
         run(load_config(job("bad", {"name": "self-train", "self_train": {"teacher": str(tmp_path / "nope")}})))
     with pytest.raises(ConfigError, match="does not end in \\+self-train"):
         load_config(job("bad", {"name": "full", "self_train": {"teacher": str(teacher)}}))
-
-
-def test_an_ensemble_of_teachers_labels_with_their_averaged_probabilities(tmp_path, tiny_model_dir, monkeypatch):
-    pool = str(ROOT / "data/amazon-reviews/unlabeled/kitchen.jsonl")
-
-    def job(name, method=None, seed=42, **data):
-        data = {"source": BOOKS, "max_train_samples": 24, **data}
-        return write_config(tmp_path, job=name, model={"path": str(tiny_model_dir)}, data=data,
-                            method=method or {}, train={"seed": seed})  # fmt: skip
-
-    teachers = [str(run(load_config(job(f"teacher-{seed}", seed=seed)))) for seed in (1, 2)]
-    captured = []
-    original = self_train.student_data
-    monkeypatch.setattr(self_train, "student_data", lambda enc, pseudo, *rest: captured.append(pseudo) or
-                        original(enc, pseudo, *rest))  # fmt: skip
-    cfg = load_config(job("student", {"name": "self-train", "self_train": {"teacher": teachers}}, unlabeled=[pool]))
-    metrics = json.loads((run(cfg) / "metrics.json").read_text())
-    tok = AutoTokenizer.from_pretrained(teachers[0])
-    texts = list(captured[0]["text"])
-    members = [BertForSequenceClassification.from_pretrained(t) for t in teachers]
-    probs = [torch.tensor(self_train.predict_logits(m, tok, texts, 64)).softmax(-1).numpy() for m in members]
-    assert not np.allclose(probs[0], probs[1]), "two different teachers, or the test proves nothing"
-    assert np.allclose(captured[0]["soft"], (probs[0] + probs[1]) / 2, atol=1e-5), "the mean of their probabilities"
-    assert metrics["teacher"] == teachers
-    splits = data_mod.build_splits(cfg.data)
-    test_texts = list(splits.test["text"])
-    mean = sum(torch.tensor(self_train.predict_logits(m, tok, test_texts, 64)).softmax(-1).numpy() for m in members)
-    truth = [["negative", "positive"].index(label) for label in splits.test["label"]]
-    assert metrics["teacher_target_test"]["accuracy"] == pytest.approx(float((mean.argmax(-1) == truth).mean()))
-    with pytest.raises(ConfigError, match="non-empty list"):
-        load_config(job("bad", {"name": "self-train", "self_train": {"teacher": []}}))
