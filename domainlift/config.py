@@ -132,16 +132,6 @@ class FgmConfig:
 
 
 @dataclass
-class EntminConfig:
-    # entmin: next to each source batch, the mean entropy of the model's predictions on an unlabeled target batch,
-    # plus `diversity` x KL(the batch's mean prediction || the source's class shares), weighted by `weight`, which
-    # rises from 0 as DANN's does (gamma). Text classification only.
-    weight: float = 0.5
-    gamma: float = 10.0
-    diversity: float = 1.0
-
-
-@dataclass
 class SelfTrainConfig:
     # <method>+self-train: the trained model (or `teacher`) labels the target's unlabeled text; per class, its most
     # confident predictions join the labelled source data, and a fresh student (full fine-tuning from the same
@@ -166,22 +156,21 @@ class SelfTrainConfig:
 
 # The training objectives. method.name = [dapt+]<objective>[+self-train]: dapt runs domain-adaptive pre-training
 # first, self-train adds self-training rounds after it; dapt alone = dapt+full, self-train alone = full+self-train.
-OBJECTIVES = ("full", "lora", "dann", "udalm", "fgm", "entmin")
+OBJECTIVES = ("full", "lora", "dann", "udalm", "fgm")
 SELF_TRAIN = "self-train"
 
 
 @dataclass
 class MethodConfig:
     # full: every weight trains. lora: low-rank adapters through peft, merged into the saved checkpoint.
-    # dann / udalm / fgm / entmin: domain-adversarial, masked-LM-on-target, embedding-adversarial, target-entropy
-    # objectives (full fine-tuning of every weight). See finetune/methods/ and docs/domain-adaptation.md.
+    # dann / udalm / fgm: domain-adversarial, masked-LM-on-target, embedding-adversarial objectives (full
+    # fine-tuning of every weight). See finetune/methods/ and docs/domain-adaptation.md.
     name: str = "full"
     lora: LoraConfig = field(default_factory=LoraConfig)
     dapt: DaptConfig = field(default_factory=DaptConfig)
     dann: DannConfig = field(default_factory=DannConfig)
     udalm: UdalmConfig = field(default_factory=UdalmConfig)
     fgm: FgmConfig = field(default_factory=FgmConfig)
-    entmin: EntminConfig = field(default_factory=EntminConfig)
     self_train: SelfTrainConfig = field(default_factory=SelfTrainConfig)
 
     @property
@@ -206,7 +195,6 @@ class MethodConfig:
             "dann": self.objective == "dann",
             "udalm": self.objective == "udalm",
             "fgm": self.objective == "fgm",
-            "entmin": self.objective == "entmin",
             "self_train": self.self_training,
         }
         return {"name": self.name, **{k: dataclasses.asdict(getattr(self, k)) for k, on in used.items() if on}}
@@ -598,13 +586,6 @@ def _check_method(cfg: JobConfig) -> None:
         raise ConfigError("method.udalm.target_batches must be >= 1, or null for the sample ratio")
     if m.dann.weight < 0 or m.dann.hidden < 0:
         raise ConfigError("method.dann.weight and method.dann.hidden must be >= 0")
-    if m.entmin.weight < 0 or m.entmin.diversity < 0 or m.entmin.gamma <= 0:
-        raise ConfigError("method.entmin.weight and diversity must be >= 0, gamma > 0")
-    if m.objective == "entmin" and cfg.data.task != "text-classification":
-        raise ConfigError(
-            "method entmin works on text classification only (its balance term is over a text's classes); "
-            "for token classification use full or dapt"
-        )
     if not 0 < m.dapt.mlm_probability < 1 or not 0 < m.udalm.mlm_probability < 1:
         raise ConfigError("method.dapt.mlm_probability and method.udalm.mlm_probability must be in (0, 1)")
     st = m.self_train

@@ -8,15 +8,15 @@
                                          module has target_collator(tokenizer, cfg): unlabeled target batches)
     learning_rate(cfg) (optional)        the method's own learning rate instead of train.learning_rate
 
-The objectives are full, lora, dann, udalm, fgm, entmin. `self_train` has the same shape and trains the students of
+The objectives are full, lora, dann, udalm, fgm. `self_train` has the same shape and trains the students of
 `<objective>+self-train` (the rounds are a step of finetune/recipe.py). `dapt` is not an objective but a phase
 before one (finetune/phases.py): method.name dapt+<objective>. Every method keeps the checkpoint contract, so
 export and serving never need to know which one ran.
 """
 
-from finetune.methods import dann, entmin, fgm, full, lora, self_train, udalm
+from finetune.methods import dann, fgm, full, lora, self_train, udalm
 
-METHODS = {"full": full, "lora": lora, "dann": dann, "udalm": udalm, "fgm": fgm, "entmin": entmin}
+METHODS = {"full": full, "lora": lora, "dann": dann, "udalm": udalm, "fgm": fgm}
 __all__ = ["METHODS", "get", "self_train"]
 
 

@@ -8,13 +8,14 @@ removed before the checkpoint is saved: the saved model is a plain task model.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import DataCollatorWithPadding
 
-from finetune.methods.target import TargetTrainer, ramp
+from finetune.methods.target import TargetTrainer
 
 
 class GradientReversal(torch.autograd.Function):
@@ -28,6 +29,11 @@ class GradientReversal(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return -ctx.weight * grad, None
+
+
+def reversal_weight(progress: float, weight: float, gamma: float) -> float:
+    """0 at the start, rising to `weight`: the domain signal is noise while the classifier is untrained."""
+    return weight * (2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0)
 
 
 def prepare(model, cfg, task: str):
@@ -60,7 +66,7 @@ class Trainer(TargetTrainer):
         target_cls = model.base_model(**target).last_hidden_state[:, 0]
         features = torch.cat([source_cls, target_cls])
         domain = torch.cat([torch.zeros(len(source_cls)), torch.ones(len(target_cls))]).to(features.device)
-        weight = ramp(self.progress(), c.weight, c.gamma)
+        weight = reversal_weight(self.progress(), c.weight, c.gamma)
         logits = model.domain_classifier(GradientReversal.apply(features, weight)).squeeze(-1)
         domain_loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), domain)
         self.record("domain_loss", domain_loss.detach())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import datasets
 import torch
 from torch.utils.data import DataLoader
@@ -79,12 +77,6 @@ class TargetTrainer(Trainer):
     def progress(self) -> float:
         """Fraction of training done, 0 -> 1."""
         return self.state.global_step / max(self.state.max_steps, 1)
-
-
-def ramp(progress: float, weight: float, gamma: float) -> float:
-    """0 at the start, rising to `weight` as 2/(1+exp(-gamma*progress)) - 1 (Ganin et al. 2016): a target term
-    computed by an untrained head is noise, so it starts weightless."""
-    return weight * (2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0)
 
 
 def unwrap(model):

@@ -16,8 +16,7 @@ from domainlift import data as data_mod
 from domainlift import manifest
 from domainlift.config import ConfigError, load_config
 from domainlift.tasks import encode_texts
-from finetune.methods import dann, entmin, fgm, self_train, udalm
-from finetune.methods.target import ramp
+from finetune.methods import dann, fgm, self_train, udalm
 from finetune.recipe import run
 
 
@@ -25,13 +24,11 @@ def test_the_reversal_layer_flips_and_scales_gradients():
     x = torch.ones(3, requires_grad=True)
     (dann.GradientReversal.apply(x, 0.25) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
     assert torch.equal(x.grad, torch.tensor([-0.25, -0.5, -0.75]))
-    assert ramp(0.0, 0.1, 10) == 0.0
-    assert 0.0999 < ramp(1.0, 0.1, 10) <= 0.1
+    assert dann.reversal_weight(0.0, 0.1, 10) == 0.0
+    assert 0.0999 < dann.reversal_weight(1.0, 0.1, 10) <= 0.1
 
 
-@pytest.mark.parametrize(
-    "name", ["dann", "udalm", "fgm", "entmin", "dapt", "dapt+dann", "self-train", "dapt+self-train"]
-)
+@pytest.mark.parametrize("name", ["dann", "udalm", "fgm", "dapt", "dapt+dann", "self-train", "dapt+self-train"])
 def test_each_method_keeps_the_checkpoint_contract(tmp_path, tiny_model_dir, name):
     cfg = load_config(
         write_config(
@@ -154,10 +151,6 @@ def test_method_and_data_options_are_checked(tmp_path):
         load_config(write_config(tmp_path, method={"name": "dann+dapt"}))
     with pytest.raises(ConfigError, match="text classification only"):
         load_config(write_config(tmp_path, data={"task": "token-classification", "augment": "swap"}))
-    with pytest.raises(ConfigError, match="entmin works on text classification only"):
-        load_config(write_config(tmp_path, data={"task": "token-classification"}, method={"name": "entmin"}))
-    with pytest.raises(ConfigError, match="method.entmin.weight and diversity must be >= 0"):
-        load_config(write_config(tmp_path, method={"name": "entmin", "entmin": {"weight": -1}}))
     with pytest.raises(data_mod.DataError, match="the target is the source"):
         data_mod.build_splits(load_config(write_config(tmp_path, data={"target_labelled": 5})).data)
 
@@ -221,16 +214,6 @@ def test_dann_discriminator_is_dropout_then_linear_by_default(tiny_parts):
     cfg = load_config(None, ["job=x", "method.name=dann"])
     layers = list(dann.prepare(model, cfg, "text-classification").domain_classifier)
     assert [type(m).__name__ for m in layers] == ["Dropout", "Linear"] and cfg.method.dann.weight == 0.03
-
-
-def test_the_information_loss_is_entropy_and_kl_to_the_source_shares():
-    uniform = torch.tensor([0.5, 0.5])
-    entropy, balance = entmin.information_loss(torch.zeros(4, 2), uniform)  # unsure about every text
-    assert entropy.item() == pytest.approx(np.log(2)) and balance.item() == pytest.approx(0.0, abs=1e-6)
-    entropy, balance = entmin.information_loss(torch.tensor([[0.0, 30.0]] * 4), uniform)  # sure, all one class
-    assert entropy.item() == pytest.approx(0.0, abs=1e-6) and balance.item() == pytest.approx(np.log(2), abs=1e-6)
-    sure_and_mixed = torch.tensor([[0.0, 30.0], [30.0, 0.0]] * 2)  # the target's ideal: sure, in the source's shares
-    assert max(t.item() for t in entmin.information_loss(sure_and_mixed, uniform)) < 1e-6
 
 
 def test_pseudo_labels_are_class_balanced_confident_and_the_teachers_own():
