@@ -102,12 +102,6 @@ class DaptConfig:
     learning_rate: float = 5e-5
     mlm_probability: float = 0.15
     max_samples: int | None = None  # cap on the unlabeled texts; None = all
-    # When the base ships without a masked-LM head (the default model), a new one is initialised; its random
-    # gradients reach the encoder and, through the decoder tied to them, the word embeddings. head_warmup_epochs > 0
-    # trains the new head alone first (encoder and embeddings frozen) at head_learning_rate, as a linear probe is
-    # trained before fine-tuning (LP-FT, Kumar et al. 2022). A base that has its head skips this.
-    head_warmup_epochs: float = 0.0
-    head_learning_rate: float = 1e-3
 
 
 @dataclass
@@ -592,8 +586,6 @@ def _check_method(cfg: JobConfig) -> None:
         raise ConfigError("method.udalm.target_batches must be >= 1, or null for the sample ratio")
     if m.dann.weight < 0 or m.dann.hidden < 0:
         raise ConfigError("method.dann.weight and method.dann.hidden must be >= 0")
-    if m.dapt.head_warmup_epochs < 0 or m.dapt.head_learning_rate <= 0:
-        raise ConfigError("method.dapt.head_warmup_epochs must be >= 0 and method.dapt.head_learning_rate > 0")
     if not 0 < m.dapt.mlm_probability < 1 or not 0 < m.udalm.mlm_probability < 1:
         raise ConfigError("method.dapt.mlm_probability and method.udalm.mlm_probability must be in (0, 1)")
     st = m.self_train

@@ -71,13 +71,11 @@ def dapt(cfg: JobConfig, base: Path, tokenizer, unlabeled: datasets.Dataset, run
     log.info("dapt: starting (an interrupted DAPT starts over: its state is not saved, a finished one is cached)")
     texts = tasks.encode_texts(corpus, tokenizer, cfg.model.max_length)
     model, info = AutoModelForMaskedLM.from_pretrained(base, output_loading_info=True)
-    out = run_dir / "dapt"
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=c.mlm_probability)
     if any(not k.startswith(model.base_model_prefix) for k in info["missing_keys"]):
         log.info("dapt: %s has no masked-LM head; a new one is initialised (decoder tied to the embeddings)", base)
-        if c.head_warmup_epochs > 0:
-            warm_up_head(model, cfg, texts, collator, out)
+    out = run_dir / "dapt"
     args = training_args(cfg.train, out, epochs=c.epochs, learning_rate=c.learning_rate, select=False)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=c.mlm_probability)
     trainer = Trainer(model=model, args=args, train_dataset=texts, data_collator=collator)
     log.info("dapt: masked-LM training on %d unlabeled target texts, %s epochs", len(texts), c.epochs)
     result = trainer.train()
@@ -104,25 +102,6 @@ def dapt(cfg: JobConfig, base: Path, tokenizer, unlabeled: datasets.Dataset, run
     trainer.accelerator.wait_for_everyone()
     shutil.rmtree(out, ignore_errors=True)  # its TensorBoard log went with it; the loss is in the manifest
     return encoder_dir
-
-
-def warm_up_head(model, cfg: JobConfig, texts: datasets.Dataset, collator, out: Path) -> None:
-    """Train a new masked-LM head alone (the encoder and the word embeddings, which its decoder shares, frozen), so
-    that the masked-LM training after it does not push the encoder through a random head."""
-    c = cfg.method.dapt
-    frozen = [p for p in model.base_model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    args = training_args(
-        cfg.train, out / "head", epochs=c.head_warmup_epochs, learning_rate=c.head_learning_rate, select=False
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=texts, data_collator=collator)
-    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("dapt: training the new masked-LM head alone first (%d weights), %s epochs", trained, c.head_warmup_epochs)
-    result = trainer.train()
-    log.info("dapt: masked-LM loss after the head's warm-up %.4f", result.training_loss)
-    for p in frozen:
-        p.requires_grad_(True)
 
 
 def mlm_head_of(masked_lm_model):

@@ -178,27 +178,6 @@ def test_dapt_runs_once_per_inputs_and_udalm_carries_its_masked_lm_head_on(tmp_p
     assert len(list((tmp_path / "artifacts/dapt-cache").iterdir())) == 2, "more target text is a new DAPT"
 
 
-def test_the_head_warm_up_trains_a_new_masked_lm_head_and_leaves_the_encoder_and_embeddings_alone(
-    tmp_path, tiny_model_dir
-):
-    from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
-
-    from finetune import phases
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir)  # the tiny BERT ships without a head, as MiniLM
-    assert model.cls.predictions.decoder.weight is model.get_input_embeddings().weight, "the decoder is tied"
-    cfg = load_config(None, ["job=x", "method.name=dapt", "method.dapt.head_warmup_epochs=2"])
-    corpus = encode_texts(datasets.Dataset.from_dict({"text": ["the kettle boils water in two minutes"] * 32}), tok, 16)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    phases.warm_up_head(model, cfg, corpus, DataCollatorForLanguageModeling(tok), tmp_path)
-    after = model.state_dict()
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.startswith("cls.predictions.") for k in changed), changed
-    assert "cls.predictions.transform.dense.weight" in changed and "cls.predictions.decoder.weight" not in changed
-    assert all(p.requires_grad for p in model.parameters()), "the masked-LM training after it trains every weight"
-
-
 def test_udalm_draws_the_configured_masked_lm_batches_per_source_batch(tmp_path, tiny_parts):
     tok, model, train = tiny_parts
     corpus = datasets.Dataset.from_dict({"text": ["the kettle boils water in two minutes"] * 64})
