@@ -40,7 +40,7 @@ def commands(args, cfg) -> dict[str, list[str]]:
 def served_variant(url: str) -> str:
     """Which export variant the domainlift service serves (POST /model)."""
     api_key = os.environ.get("DOMAINLIFT_API_KEY")
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = {"content-type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
     with urllib.request.urlopen(urllib.request.Request(url + "/model", data=b"{}", headers=headers)) as resp:
         return json.load(resp)["variant"]
 

@@ -3,11 +3,13 @@
 1. auth     with DOMAINLIFT_API_KEY set (one key, or several separated by commas), every route but the health
             probes needs `Authorization: Bearer <key>` (the scheme in any case, RFC 7235) -> 401
 2. rate     at most serve.rate_limit requests per second per key, or per client address when auth is off -> 429
-3. body     the whole body is read before anything else happens to the request: at most serve.max_body_bytes
+3. type     a request body must be JSON: a Content-Type other than application/json (or a +json type) -> 415,
+            before the body is parsed (a multipart type without its boundary would otherwise crash the parser -> 500)
+4. body     the whole body is read before anything else happens to the request: at most serve.max_body_bytes
             (-> 413, also straight from Content-Length) within serve.body_timeout_s (-> 408)
-4. cap      at most serve.max_concurrency requests in flight per worker -> 503 at once; a request counts only once
+5. cap      at most serve.max_concurrency requests in flight per worker -> 503 at once; a request counts only once
             its body is in, so slow uploads cannot hold the slots
-5. errors   every 4xx/5xx leaves in one shape, {"error": <kind>, "detail": <what went wrong and the fix>}, whoever
+6. errors   every 4xx/5xx leaves in one shape, {"error": <kind>, "detail": <what went wrong and the fix>}, whoever
             produced it (BentoML's validation errors and its batcher's overload answer included); every 503 and
             429 carries Retry-After
 
@@ -37,6 +39,7 @@ KINDS = {
     405: "method not allowed",
     408: "request timeout",
     413: "request too large",
+    415: "unsupported media type",
     422: "invalid request",
     429: "rate limited",
     500: "internal error",
@@ -99,6 +102,9 @@ class Gate:
             if wait:
                 message = f"over {self.settings.rate_limit:g} requests/s (serve.rate_limit); retry after {wait:.1f} s"
                 return await respond(send, 429, message, {"Retry-After": str(math.ceil(wait))})
+        if path not in UNCAPPED and not is_json(dict(scope["headers"]).get(b"content-type")):
+            message = "the request body must be JSON: send the header 'Content-Type: application/json'"
+            return await respond(send, 415, message)
         body = await self.read_body(scope, receive, send)
         if body is None:  # answered (413, 408) or the client went away
             return
@@ -148,6 +154,14 @@ class Gate:
             timeout = self.settings.body_timeout_s
             await respond(send, 408, f"the request body did not arrive within {timeout:g} s (serve.body_timeout_s)")
             return None
+
+
+def is_json(content_type: bytes | None) -> bool:
+    """True for no Content-Type (BentoML then reads JSON), application/json and the +json types, any parameters."""
+    if content_type is None:
+        return True
+    media = content_type.split(b";")[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
 
 
 def counted(send, responses):

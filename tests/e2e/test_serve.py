@@ -29,10 +29,18 @@ pytestmark = pytest.mark.slow  # starts real servers: in `make test`, not `make 
 API_KEY = "test-key-5f1c"
 
 
-def call(url: str, path: str, body=None, key: str | None = None, method: str = "POST", raw: bytes | None = None):
+def call(
+    url: str,
+    path: str,
+    body=None,
+    key: str | None = None,
+    method: str = "POST",
+    raw: bytes | None = None,
+    content_type: str = "application/json",
+):
     """(status, parsed JSON or text) for one HTTP request; 4xx/5xx are answers here, not exceptions."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": content_type}
     if key:
         headers["authorization"] = f"Bearer {key}"
     req = urllib.request.Request(url + path, data=data if method == "POST" else None, headers=headers, method=method)
@@ -145,6 +153,19 @@ def test_bad_input_is_a_clear_400_and_the_server_keeps_serving(sentiment_server,
     status, out = call(sentiment_server, "/classify", raw=raw)
     assert status == 400 and needle in json.dumps(out), out
     assert call(sentiment_server, "/classify", {"texts": ["excellent"]})[0] == 200
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["multipart/form-data", "multipart/form-data; boundary=x", "application/x-www-form-urlencoded", "text/plain"],
+)
+def test_a_body_that_is_not_json_is_a_clear_415(sentiment_server, content_type):
+    """A multipart type without its boundary crashed BentoML's form parser (500, found by schemathesis in CI)."""
+    status, out = call(sentiment_server, "/classify", {"texts": ["excellent"]}, content_type=content_type)
+    assert status == 415 and "Content-Type: application/json" in out["detail"], (status, out)
+    assert call(sentiment_server, "/classify", {"texts": ["excellent"]}, content_type="application/json; charset=utf-8")[
+        0
+    ] == 200
 
 
 def test_the_other_task_api_is_a_clear_404(sentiment_server):
