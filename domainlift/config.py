@@ -152,6 +152,9 @@ class SelfTrainConfig:
     labels: Literal["soft", "hard"] = "soft"
     temperature: float = 1.0  # soft labels: softmax(teacher logits / temperature); < 1 sharpens them
     weight: float = 1.0  # loss weight of a pseudo-labelled text relative to a labelled one
+    # A noisy student (Xie et al. 2020): in training, each of a student input's tokens but [CLS]/[SEP] is hidden from
+    # it (attention mask 0: word dropout) with this probability, afresh every step; the teacher labels clean text.
+    noise: float = 0.0
 
 
 # The training objectives. method.name = [dapt+]<objective>[+self-train]: dapt runs domain-adaptive pre-training
@@ -596,6 +599,8 @@ def _check_method(cfg: JobConfig) -> None:
             raise ConfigError("method.self_train: rounds >= 1, top_fraction in (0, 1], threshold in [0, 1)")
         if st.temperature <= 0 or st.weight <= 0:
             raise ConfigError("method.self_train.temperature and weight must be positive")
+        if not 0 <= st.noise < 1:
+            raise ConfigError("method.self_train.noise is a probability in [0, 1): the share of tokens hidden")
     elif st.teacher:
         raise ConfigError("method.self_train.teacher is set but method.name does not end in +self-train")
 

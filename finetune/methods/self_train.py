@@ -8,7 +8,9 @@ source's label shares, so a teacher that leans to one class on the new domain do
 The student is plain full fine-tuning from the same starting weights as the teacher (after DAPT, with
 dapt+self-train), with soft targets: each text's loss is the cross-entropy against its target distribution (the
 teacher's probabilities for a pseudo-labelled text, one-hot for a labelled one), weighted by method.self_train.weight
-for pseudo-labelled texts. Evaluation and model selection are the plain task loss and metrics on the source dev set.
+for pseudo-labelled texts; with method.self_train.noise, training hides a random share of each input's tokens
+from the student (a noisy student). Evaluation and model selection are the plain task loss and metrics on the
+source dev set.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Trainer(HFTrainer):
 
     def __init__(self, *args, method_cfg, **kwargs):
         super().__init__(*args, **kwargs)
+        self.noise = method_cfg.self_train.noise
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -50,10 +53,20 @@ class Trainer(HFTrainer):
         soft, weight = inputs.pop(SOFT, None), inputs.pop(WEIGHT, None)
         if soft is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.noise:
+            inputs["attention_mask"] = word_dropout(inputs["input_ids"], inputs["attention_mask"], self.noise,
+                                                    self.processing_class.all_special_ids)  # fmt: skip
         outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
         per_text = -(soft * outputs.logits.float().log_softmax(-1)).sum(-1)
         loss = (per_text * weight).sum() / weight.sum()
         return (loss, outputs) if return_outputs else loss
+
+
+def word_dropout(input_ids, attention_mask, p: float, special_ids: list[int]):
+    """The attention mask with each ordinary token dropped (0) with probability p; special tokens and padding kept."""
+    special = torch.isin(input_ids, torch.tensor(special_ids, device=input_ids.device))
+    drop = (torch.rand(input_ids.shape, device=input_ids.device) < p) & ~special
+    return attention_mask * ~drop
 
 
 @torch.inference_mode()

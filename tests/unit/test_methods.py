@@ -238,6 +238,20 @@ def test_pseudo_labels_are_class_balanced_confident_and_the_teachers_own():
     assert sorted(pseudo["text"]) == ["t0", "t1", "t4", "t6"] and info["per_class"] == {"negative": 1, "positive": 3}
 
 
+def test_the_noisy_students_word_dropout_hides_only_ordinary_tokens_at_its_rate():
+    torch.manual_seed(0)
+    ids = torch.tensor([[101] + [2000 + i for i in range(998)] + [102], [101, 2000, 2001, 102] + [0] * 996])
+    mask = (ids != 0).long()
+    out = self_train.word_dropout(ids, mask, 0.2, [0, 101, 102])
+    assert out.dtype == mask.dtype and out.shape == mask.shape
+    assert (out[:, 0] == 1).all() and out[0, -1] == 1 and out[1, 3] == 1  # [CLS] and [SEP] always seen
+    assert (out[1, 4:] == 0).all(), "padding stays hidden"
+    assert 0.16 < 1 - out[0, 1:-1].float().mean() < 0.24  # 998 ordinary tokens, each hidden with p = 0.2
+    assert torch.equal(self_train.word_dropout(ids, mask, 0.0, [0, 101, 102]), mask)
+    with pytest.raises(ConfigError, match="noise"):
+        load_config(None, ["job=x", "method.name=self-train", "method.self_train.noise=1.0"])
+
+
 def test_self_training_learns_only_from_unlabeled_text_labelled_by_its_teacher(tmp_path, tiny_model_dir, monkeypatch):
     """A labelled target row can never reach training this way: pseudo-labels are texts of Splits.unlabeled (no
     labels there) with the teacher's predictions, and never a test text."""
@@ -256,7 +270,7 @@ def test_self_training_learns_only_from_unlabeled_text_labelled_by_its_teacher(t
         return original(encoded, pseudo, *rest)
 
     monkeypatch.setattr(self_train, "student_data", capture)
-    method = {"name": "self-train", "self_train": {"teacher": str(teacher), "rounds": 2}}
+    method = {"name": "self-train", "self_train": {"teacher": str(teacher), "rounds": 2, "noise": 0.1}}
     cfg = load_config(job("student", method, unlabeled=[pool]))
     metrics = json.loads((run(cfg) / "metrics.json").read_text())
     splits = data_mod.build_splits(cfg.data)
