@@ -93,7 +93,8 @@ class Gate:
             return await self.app(scope, receive, send)
         if self.responses is not None:
             send = counted(send, self.responses)
-        client = self.authorized(scope)
+        headers = dict(scope["headers"])  # once per request: auth, type and body all read it
+        client = self.authorized(scope, headers)
         if client is None:
             message = "missing or wrong API key: send the header 'Authorization: Bearer <DOMAINLIFT_API_KEY>'"
             return await respond(send, 401, message, {"WWW-Authenticate": "Bearer"})
@@ -102,10 +103,10 @@ class Gate:
             if wait:
                 message = f"over {self.settings.rate_limit:g} requests/s (serve.rate_limit); retry after {wait:.1f} s"
                 return await respond(send, 429, message, {"Retry-After": str(math.ceil(wait))})
-        if path not in UNCAPPED and not is_json(dict(scope["headers"]).get(b"content-type")):
+        if path not in UNCAPPED and not is_json(headers.get(b"content-type")):
             message = "the request body must be JSON: send the header 'Content-Type: application/json'"
             return await respond(send, 415, message)
-        body = await self.read_body(scope, receive, send)
+        body = await self.read_body(headers, receive, send)
         if body is None:  # answered (413, 408) or the client went away
             return
         if path not in UNCAPPED:
@@ -119,18 +120,18 @@ class Gate:
             if path not in UNCAPPED:
                 self.in_flight -= 1
 
-    def authorized(self, scope) -> object | None:
+    def authorized(self, scope, headers: dict) -> object | None:
         """Who is asking (their key, or their address when auth is off), or None when the key is missing/wrong."""
         if not self.keys:
             return (scope.get("client") or ("?",))[0]
-        scheme, _, token = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
         # Every key is compared, in constant time: no timing oracle on the keys or on which one matched.
         matches = [hmac.compare_digest(token.strip(), key) for key in self.keys]
         return token.strip() if scheme.lower() == b"bearer" and any(matches) else None
 
-    async def read_body(self, scope, receive, send) -> bytes | None:
+    async def read_body(self, headers: dict, receive, send) -> bytes | None:
         limit = self.settings.max_body_bytes
-        declared = dict(scope["headers"]).get(b"content-length")
+        declared = headers.get(b"content-length")
         too_large = f"the request body is over {limit} bytes (serve.max_body_bytes): send fewer or shorter texts"
         if declared and declared.isdigit() and int(declared) > limit:
             await respond(send, 413, too_large)
