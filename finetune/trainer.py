@@ -11,6 +11,25 @@ from domainlift import metrics, tasks
 from domainlift.config import JobConfig
 
 
+class EarlyStopping(EarlyStoppingCallback):
+    """transformers' early stopping, plus Keras' start_from_epoch: evaluations up to `start_epoch` do not count
+    against the patience (the Trainer still keeps the best model from the first evaluation on)."""
+
+    def __init__(self, early_stopping_patience: int = 1, early_stopping_threshold: float = 0.0, start_epoch: float = 0):
+        super().__init__(early_stopping_patience, early_stopping_threshold)
+        self.start_epoch = start_epoch
+
+    def on_evaluate(self, args, state, control, metrics, **kwargs):
+        if state.epoch is not None and state.epoch <= self.start_epoch + 1e-6:  # epochs are floats: 3.0000001
+            return
+        super().on_evaluate(args, state, control, metrics, **kwargs)
+
+    def state(self) -> dict:  # what a resumed run rebuilds the callback from
+        saved = super().state()
+        saved["args"]["start_epoch"] = self.start_epoch
+        return saved
+
+
 def task_model(task: str, start: Path, labels: list[str]):
     """The encoder at `start` with a new head for `labels`."""
     return tasks.model_class(task).from_pretrained(
@@ -24,7 +43,9 @@ def build(cfg: JobConfig, model, tokenizer, args, train_ds, dev_ds, labels, meth
     task = cfg.data.task
     callbacks = []
     if cfg.train.early_stopping_patience > 0:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+        callbacks.append(
+            EarlyStopping(cfg.train.early_stopping_patience, start_epoch=cfg.train.early_stopping_start_epoch)
+        )
     extra = {}
     trainer_class = getattr(method, "Trainer", Trainer)
     if trainer_class is not Trainer:

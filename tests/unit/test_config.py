@@ -63,6 +63,7 @@ def test_dotted_overrides_are_typed(tmp_path):
         ("data.test_size=0", "data.test_size is 0"),
         ("epochs", "must look like dotted.key=value"),
         ("train.batch_size=0", "batch_size"),
+        ("train.early_stopping_start_epoch=-1", "early_stopping_start_epoch must be >= 0"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, override, match):
@@ -118,3 +119,30 @@ def test_a_warmup_longer_than_the_early_stopping_window_is_warned(caplog, tmp_pa
         ner.train.warmup_ratio = 0.1
         training_args(ner.train, tmp_path, epochs=300, learning_rate=5e-5, select=True)
     assert "30.0 epochs of warm-up, longer than early_stopping_patience=8" in caplog.text
+
+
+def test_early_stopping_counts_the_patience_only_after_the_start_epoch(tmp_path):
+    # CrossNER ai fine-tuned directly: dev F1 0.014 at epoch 1, then 0 (no entity predicted) for 8 epochs, and
+    # patience 8 ended the run at epoch 9. With start_epoch the patience starts counting after the warm-up.
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from finetune.trainer import EarlyStopping
+
+    args = TrainingArguments(str(tmp_path), metric_for_best_model="f1", greater_is_better=True, report_to=[])
+
+    def stopped_at(callback, scores):
+        state, control = TrainerState(best_metric=None), TrainerControl()
+        for epoch, score in enumerate(scores, start=1):
+            state.epoch = float(epoch)
+            callback.on_evaluate(args, state, control, {"eval_f1": score})
+            state.best_metric = max(score, state.best_metric or score)  # what the Trainer keeps for the best model
+            if control.should_training_stop:
+                return epoch
+        return None
+
+    all_o_then_learning = [0.014] + [0.0] * 20 + [0.1, 0.2, 0.3] + [0.3] * 8
+    assert stopped_at(EarlyStopping(8), all_o_then_learning) == 9
+    late = EarlyStopping(8, start_epoch=20)
+    assert stopped_at(late, all_o_then_learning) == 32, "8 epochs without a gain after the best, epoch 24"
+    resumed = type(late)(**late.state()["args"])  # how the Trainer rebuilds a callback when a run resumes
+    assert resumed.start_epoch == 20 and resumed.early_stopping_patience == 8
