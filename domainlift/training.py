@@ -35,12 +35,15 @@ def warn_long_warmup(t: TrainConfig, epochs: float) -> None:
     before the warm-up does (CrossNER ai stayed at F1 0.008 that way)."""
     warmup_epochs = t.warmup_ratio * epochs
     per_epoch = not t.eval_steps and t.max_steps <= 0  # patience counts epochs only when evaluation is per epoch
-    if t.early_stopping_patience and per_epoch and warmup_epochs > t.early_stopping_patience:
+    # the earliest epoch early stopping can end a run: the patience counts from train.early_stopping_start_epoch
+    window = t.early_stopping_start_epoch + t.early_stopping_patience
+    if t.early_stopping_patience and per_epoch and warmup_epochs > window:
         log.warning(
-            "train.warmup_ratio=%g of %g epochs is %.1f epochs of warm-up, longer than early_stopping_patience=%d: "
-            "early stopping can end the run while the learning rate is still rising; lower train.warmup_ratio "
-            "(e.g. to %.2g, one epoch) or train.epochs",
-            t.warmup_ratio, epochs, warmup_epochs, t.early_stopping_patience, 1 / epochs,
+            "train.warmup_ratio=%g of %g epochs is %.1f epochs of warm-up, longer than early_stopping_start_epoch=%g "
+            "+ early_stopping_patience=%d: early stopping can end the run while the learning rate is still rising; "
+            "lower train.warmup_ratio (e.g. to %.2g, one epoch) or train.epochs, or raise "
+            "train.early_stopping_start_epoch",
+            t.warmup_ratio, epochs, warmup_epochs, t.early_stopping_start_epoch, t.early_stopping_patience, 1 / epochs,
         )  # fmt: skip
 
 

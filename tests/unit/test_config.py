@@ -118,7 +118,13 @@ def test_a_warmup_longer_than_the_early_stopping_window_is_warned(caplog, tmp_pa
         assert "warm-up" not in caplog.text
         ner.train.warmup_ratio = 0.1
         training_args(ner.train, tmp_path, epochs=300, learning_rate=5e-5, select=True)
-    assert "30.0 epochs of warm-up, longer than early_stopping_patience=8" in caplog.text
+        assert "30.0 epochs of warm-up, longer than early_stopping_start_epoch=0 + early_stopping_patience=8" in (
+            caplog.text
+        )
+        caplog.clear()
+        ner.train.early_stopping_start_epoch = 25  # the patience ends at epoch 33 at the earliest, after the warm-up
+        training_args(ner.train, tmp_path, epochs=300, learning_rate=5e-5, select=True)
+        assert "warm-up" not in caplog.text
 
 
 def test_early_stopping_counts_the_patience_only_after_the_start_epoch(tmp_path):
