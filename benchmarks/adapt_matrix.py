@@ -317,6 +317,8 @@ def main(argv=None) -> int:
                 "score": metrics["target_test"][suite["metric"]],
                 "target_test": {k: v for k, v in metrics["target_test"].items() if k != "per_type"},
                 "train_runtime_s": metrics["train_runtime_s"],
+                # where the cell trained: a reused cell may come from another machine (cells older than this key: "")
+                "device": f"{metrics.get('device', '')} {metrics.get('precision', '')}".strip(),
                 "reused": metrics["reused"],
                 "checkpoint": str(cfg.job_dir / "checkpoint"),
             }
@@ -333,7 +335,7 @@ def main(argv=None) -> int:
         "seeds": sorted({cfg.train.seed for cfg in configs.values()}),
         "config": base,
         "overrides": args.overrides,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "devices": sorted({r["device"] for row in cells.values() for c in row.values() for r in c["runs"]}),
         "wall_s": round(time.perf_counter() - t0, 1),
         "cells": cells,
     }
@@ -343,7 +345,8 @@ def main(argv=None) -> int:
     table = markdown(report)
     command = " ".join(["python -m benchmarks.adapt_matrix", *(sys.argv[1:] if argv is None else argv)])
     title = f"Domain adaptation ({args.suite}): target-test {suite['metric']}"
-    (out / "results.md").write_text(f"# {title}\n\n`{command}`\n\n{table}\n")
+    trained_on = f"Cells trained on: {', '.join(report['devices'])}."
+    (out / "results.md").write_text(f"# {title}\n\n`{command}`\n\n{trained_on}\n\n{table}\n")
     heatmap(report, out / "heatmap.png")
     print(table)
     print(f"results: {out}/results.md, results.json, heatmap.png")

@@ -30,6 +30,9 @@ def test_the_adapt_matrix_runs_a_one_pair_slice_and_resumes(tmp_path, tiny_model
     (run,) = report["cells"]["books:kitchen"]["dann"]["runs"]
     assert 0 <= report["cells"]["books:kitchen"]["dann"]["score"] == run["target_test"]["accuracy"] <= 1
     assert run["seed"] == 42 and run["reused"] is False
+    # each cell says where it trained (a matrix may reuse cells trained on a GPU machine)
+    assert run["device"] == "cpu fp32" and report["devices"] == ["cpu fp32"]
+    assert "Cells trained on: cpu fp32." in (tmp_path / "results.md").read_text()
     assert report["gain_over_baseline"]["dann"] == report["mean"]["dann"] - report["mean"]["full"]
     assert "| books → kitchen |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
