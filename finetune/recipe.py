@@ -106,6 +106,13 @@ def setup(cfg: JobConfig, resume: bool, overwrite: bool) -> Job:
     base = resolve_model_path(cfg)
     check_model_dir(base)
     method = methods.get(cfg.method.objective)
+    if cfg.method.objective in methods.LOST_TO_SOURCE_ONLY:
+        log.warning(
+            "method %s: %s (docs/domain-adaptation.md); kept for experiments. Without target labels, "
+            "self-train (a noisy student) is the measured best",
+            cfg.method.name,
+            methods.LOST_TO_SOURCE_ONLY[cfg.method.objective],
+        )
     splits = data_mod.build_splits(cfg.data)
     teacher = None
     if cfg.method.self_training and cfg.method.self_train.teacher:

@@ -171,6 +171,7 @@ def test_dapt_runs_once_per_inputs_and_udalm_carries_its_masked_lm_head_on(tmp_p
     with caplog.at_level(logging.INFO):
         run(job("udalm"))
     assert "dapt: reusing the encoder adapted with the same inputs" in caplog.text
+    assert "method udalm: near-chance target accuracy" in caplog.text, "a method that lost to source-only says so"
     assert "the masked-LM head trained by DAPT carries on" in caplog.text
     (cached,) = (tmp_path / "artifacts/dapt-cache").iterdir()
     assert manifest.verify(cached)["kind"] == "dapt-encoder"
