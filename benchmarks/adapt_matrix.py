@@ -317,8 +317,8 @@ def main(argv=None) -> int:
                 "score": metrics["target_test"][suite["metric"]],
                 "target_test": {k: v for k, v in metrics["target_test"].items() if k != "per_type"},
                 "train_runtime_s": metrics["train_runtime_s"],
-                # where the cell trained: a reused cell may come from another machine (cells older than this key: "")
-                "device": f"{metrics.get('device', '')} {metrics.get('precision', '')}".strip(),
+                # where the cell trained: a reused cell may come from another machine (older cells: "unknown")
+                "device": f"{metrics.get('device', 'unknown')} {metrics.get('precision', '')}".strip(),
                 "reused": metrics["reused"],
                 "checkpoint": str(cfg.job_dir / "checkpoint"),
             }
