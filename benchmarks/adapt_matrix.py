@@ -20,15 +20,22 @@ so --seeds runs every cell once per training seed (train.seed: head initialisati
 stay the same): a cell is the mean over seeds, and the table counts the (pair, seed) runs that beat the baseline
 run with the same seed. Finished cells are reused when their recorded fine-tuning config (data, model, method,
 pretrain, train) equals the one asked for (--force reruns them), so an interrupted matrix resumes.
+--jobs N runs the cells in N processes side by side: a GPU holds several of these small models at once (on a
+2-core CPU one job is fastest). Cells that depend on each other run in one process, in order (units()); each
+process logs to <out>/logs/.
 Writes <out>/results.json, results.md and heatmap.png; runs go to <out>/runs/<pair>-<column>-seed<seed>/.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import multiprocessing
+import os
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from statistics import fmean, stdev
 
@@ -145,6 +152,125 @@ def teacher_column(column: str) -> str | None:
     if not column.endswith(SELF_TRAIN):
         return None
     return column.removesuffix(SELF_TRAIN).rstrip("+") or "full"
+
+
+Cell = tuple[str, str, int | None]  # (pair, column, seed as asked: None is the config's train.seed)
+
+
+def shared_by(key: Cell, cfg) -> list[tuple]:
+    """What a cell shares with other cells of a matrix: the cell that teaches it (a +self-train column's base
+    column, same pair and seed) and the cached phases it starts from (DAPT per target and seed; pre-training per
+    seed, and per DAPT target when it starts from DAPT)."""
+    pair, column, _ = key
+    target, seed = pair.split(":")[1], cfg.train.seed
+    shared = [("cell", pair, teacher_column(column) or column, seed)]
+    if cfg.method.uses_dapt:
+        shared.append(("dapt", target, seed))
+    if cfg.pretrain.data:
+        shared.append(("pretrain", str(cfg.pretrain.data), seed, target if cfg.method.uses_dapt else None))
+    return shared
+
+
+def units(configs: dict) -> list[list[Cell]]:
+    """The cells in groups that each run in one process, in the configs' order. Cells that share something
+    (shared_by) are in one group: side by side, both would train it and race to write it."""
+    keys = list(configs)
+    parent = list(range(len(keys)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    holder: dict = {}  # a shared thing -> the first cell that needs it
+    for i, key in enumerate(keys):
+        for thing in shared_by(key, configs[key]):
+            parent[root(i)] = root(holder.setdefault(thing, i))
+    groups: dict[int, list[Cell]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(root(i), []).append(key)
+    return list(groups.values())
+
+
+def run_unit(suite: str, base: str, out: Path, unit: list[Cell], overrides: list[str], force: bool) -> dict:
+    """Fine-tune a unit's cells in order (a +self-train cell's teacher first); {cell: its run's record}."""
+    metric = SUITES[suite]["metric"]
+    runs = {}
+    for pair, column, seed in unit:
+        source, target = pair.split(":")
+        cfg = cell_config(suite, base, out, source, target, column, seed, overrides)
+        try:
+            teacher = teacher_column(column)
+            if teacher:  # its teacher cell first (reused when finished, also when listed as a column itself)
+                teacher_cfg = cell_config(suite, base, out, source, target, teacher, seed, overrides)
+                if cfg.method.self_train.teacher == str(teacher_cfg.job_dir / "checkpoint"):
+                    run_cell(teacher_cfg, force=False)
+            metrics = run_cell(cfg, force)
+        except DomainliftError as e:  # which cell, then what is wrong
+            raise type(e)(f"{pair} {column}: {e}") from e
+        runs[(pair, column, seed)] = {
+            "seed": cfg.train.seed,
+            "score": metrics["target_test"][metric],
+            "target_test": {k: v for k, v in metrics["target_test"].items() if k != "per_type"},
+            "train_runtime_s": metrics["train_runtime_s"],
+            # where the cell trained: a reused cell may come from another machine (older cells: "unknown")
+            "device": f"{metrics.get('device', 'unknown')} {metrics.get('precision', '')}".strip(),
+            "reused": metrics["reused"],
+            "checkpoint": str(cfg.job_dir / "checkpoint"),
+        }
+    return runs
+
+
+def run_unit_in_worker(log: Path, threads: int, *args) -> dict:
+    """run_unit in a worker process: its output to the unit's own log, its share of the CPU threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        for stream in (sys.stdout, sys.stderr):  # the file descriptors: also what libraries' own handlers write
+            stream.flush()
+            os.dup2(f.fileno(), stream.fileno())
+    logging.root.handlers.clear()  # the worker's previous unit logged the same way: not twice
+    cli.setup_logging()
+    return run_unit(*args)
+
+
+def run_units(suite: str, base: str, out: Path, configs: dict, overrides, force: bool, jobs: int) -> dict:
+    """Every cell's run: one after another here, or in `jobs` worker processes a unit at a time. There a failed unit
+    does not stop the others (their cells are kept for the next run to reuse): the first failure is raised when all
+    have ended."""
+    from tqdm import tqdm
+
+    runs: dict = {}
+    with tqdm(total=len(configs), desc="adapt-matrix", unit="run") as progress:
+        if jobs == 1:
+            for cell in configs:
+                runs.update(run_unit(suite, base, out, [cell], overrides, force))
+                progress.update()
+            return runs
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))  # CUDA cannot be forked
+        failures = []
+        with pool:
+            futures = {
+                pool.submit(
+                    run_unit_in_worker, out / "logs" / f"{configs[u[0]].job}.log", threads, suite, base, out, u,
+                    overrides, force,
+                ): u
+                for u in units(configs)
+            }  # fmt: skip
+            for future in as_completed(futures):
+                unit = futures[future]
+                try:
+                    runs.update(future.result())
+                except Exception as e:  # reported now, raised once every unit has ended
+                    failures.append(e)
+                    progress.write(f"failed: the unit of {len(unit)} cells from {configs[unit[0]].job}: {e}")
+                progress.update(len(unit))
+    if failures:
+        raise failures[0]
+    return runs
 
 
 def run_cell(cfg, force: bool) -> dict:
@@ -278,11 +404,13 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", help="training seeds, comma-separated (default: the config's train.seed)")
     parser.add_argument("--out", help="default artifacts/adapt-matrix (amazon), artifacts/adapt-matrix-crossner")
     parser.add_argument("--force", action="store_true", help="rerun cells that already finished")
+    parser.add_argument("--jobs", type=int, default=1, help="cells trained side by side (default 1; on a GPU, more)")
     args = parser.parse_args(argv)
 
     import torch
-    from tqdm import tqdm
 
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs}: use 1 or more processes")
     suite = SUITES[args.suite]
     base = args.config or suite["config"]
     out = Path(args.out or suite["out"])
@@ -298,31 +426,11 @@ def main(argv=None) -> int:
         for s, t in pairs
         for m in methods
     }
-    cells: dict = {f"{s}:{t}": {m: {"runs": []} for m in methods} for s, t in pairs}
     t0 = time.perf_counter()
-    for (pair, method, seed), cfg in tqdm(configs.items(), desc="adapt-matrix", unit="run"):
-        try:
-            teacher = teacher_column(method)
-            if teacher:  # its teacher cell first (reused when finished, also when listed as a column itself)
-                source, target = pair.split(":")
-                teacher_cfg = cell_config(args.suite, base, out, source, target, teacher, seed, args.overrides)
-                if cfg.method.self_train.teacher == str(teacher_cfg.job_dir / "checkpoint"):
-                    run_cell(teacher_cfg, force=False)
-            metrics = run_cell(cfg, args.force)
-        except DomainliftError as e:  # which cell, then what is wrong
-            raise type(e)(f"{pair} {method}: {e}") from e
-        cells[pair][method]["runs"].append(
-            {
-                "seed": cfg.train.seed,
-                "score": metrics["target_test"][suite["metric"]],
-                "target_test": {k: v for k, v in metrics["target_test"].items() if k != "per_type"},
-                "train_runtime_s": metrics["train_runtime_s"],
-                # where the cell trained: a reused cell may come from another machine (older cells: "unknown")
-                "device": f"{metrics.get('device', 'unknown')} {metrics.get('precision', '')}".strip(),
-                "reused": metrics["reused"],
-                "checkpoint": str(cfg.job_dir / "checkpoint"),
-            }
-        )
+    runs = run_units(args.suite, base, out, configs, args.overrides, args.force, args.jobs)
+    cells: dict = {f"{s}:{t}": {m: {"runs": []} for m in methods} for s, t in pairs}
+    for pair, method, seed in configs:
+        cells[pair][method]["runs"].append(runs[(pair, method, seed)])
     for cell in (c for row in cells.values() for c in row.values()):
         cell["score"] = fmean(r["score"] for r in cell["runs"])
         cell["train_runtime_s"] = fmean(r["train_runtime_s"] for r in cell["runs"])

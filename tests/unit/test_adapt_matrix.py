@@ -1,6 +1,7 @@
 """make adapt-matrix on a tiny model: cells, seeds, paired wins, reuse of finished cells, bad arguments."""
 
 import json
+import shutil
 import statistics
 
 import pytest
@@ -9,19 +10,26 @@ from benchmarks import adapt_matrix
 from domainlift import manifest
 
 
+def tiny(out, model_dir) -> list[str]:
+    """A matrix on the tiny model, 16 examples a split, one epoch."""
+    return [
+        "--out",
+        str(out),
+        f"model.path={model_dir}",
+        "model.max_length=32",
+        "data.max_train_samples=16",
+        "data.max_eval_samples=16",
+        "train.epochs=1",
+    ]
+
+
 def test_the_adapt_matrix_runs_a_one_pair_slice_and_resumes(tmp_path, tiny_model_dir, capsys):
     argv = [
         "--pairs",
         "books:kitchen",
         "--methods",
         "full,dann,few-shot-200",
-        "--out",
-        str(tmp_path),
-        f"model.path={tiny_model_dir}",
-        "model.max_length=32",
-        "data.max_train_samples=16",
-        "data.max_eval_samples=16",
-        "train.epochs=1",
+        *tiny(tmp_path, tiny_model_dir),
     ]
     assert adapt_matrix.main(argv) == 0
     report = json.loads((tmp_path / "results.json").read_text())
@@ -118,13 +126,7 @@ def test_a_self_train_column_is_taught_by_its_base_columns_cell(tmp_path, tiny_m
         "books:kitchen",
         "--methods",
         "self-train",
-        "--out",
-        str(tmp_path),
-        f"model.path={tiny_model_dir}",
-        "model.max_length=32",
-        "data.max_train_samples=16",
-        "data.max_eval_samples=16",
-        "train.epochs=1",
+        *tiny(tmp_path, tiny_model_dir),
     ]
     assert adapt_matrix.main(argv) == 0
     teacher = tmp_path / "runs/books-to-kitchen-full-seed42/checkpoint"
@@ -137,3 +139,68 @@ def test_a_self_train_column_is_taught_by_its_base_columns_cell(tmp_path, tiny_m
     assert adapt_matrix.main(argv) == 0
     cells = json.loads((tmp_path / "results.json").read_text())["cells"]["books:kitchen"]
     assert cells["self-train"]["runs"][0]["reused"] is True
+
+
+def test_cells_that_share_a_teacher_or_a_cached_phase_run_in_one_unit():
+    def configs(suite, pairs, columns, seeds):
+        base = adapt_matrix.SUITES[suite]["config"]
+        return {
+            (f"{s}:{t}", c, seed): adapt_matrix.cell_config(suite, base, adapt_matrix.Path("out"), s, t, c, seed, [])
+            for seed in seeds
+            for s, t in pairs
+            for c in columns
+        }
+
+    amazon = configs(
+        "amazon",
+        [("books", "kitchen"), ("dvd", "kitchen"), ("books", "dvd")],
+        ["full", "self-train", "dapt", "dapt+self-train", "udalm"],
+        [42, 43],
+    )
+    units = adapt_matrix.units(amazon)
+    assert sorted(map(len, units)) == [2] * 6 + [3] * 2 + [6] * 2 and sum(map(len, units)) == len(amazon)
+    # a student with its teacher; one DAPT of kitchen per seed for every cell that starts from it
+    assert [("books:kitchen", "full", 42), ("books:kitchen", "self-train", 42)] in units
+    kitchen = [(p, c, 42) for p in ("books:kitchen", "dvd:kitchen") for c in ("dapt", "dapt+self-train", "udalm")]
+    assert [cell for unit in units for cell in unit if cell in kitchen] == kitchen  # the configs' order
+    assert sorted(kitchen) in [sorted(u) for u in units]
+    ner = configs("crossner", [("conll2003", d) for d in adapt_matrix.NER_DOMAINS], adapt_matrix.NER_SETTINGS, [42])
+    units = adapt_matrix.units(ner)
+    # direct and pretrain+dapt cells stand alone; one CoNLL pre-training serves the three `pretrain` cells
+    assert sorted(map(len, units)) == [1] * 6 + [3]
+    assert [(f"conll2003:{d}", "pretrain", 42) for d in adapt_matrix.NER_DOMAINS] in units
+
+
+def test_the_adapt_matrix_trains_cells_side_by_side_with_jobs(tmp_path, tiny_model_dir, capsys):
+    argv = [
+        "--pairs",
+        "books:kitchen,dvd:electronics",
+        "--methods",
+        "full",
+        "--jobs",
+        "2",
+        *tiny(tmp_path, tiny_model_dir),
+    ]
+    # One unit fails at run time (its cell's checkpoint holds metrics but no manifest: not a finished artifact); the
+    # other trains beside it and is kept, and the failure is reported once both have ended.
+    broken = tmp_path / "runs/dvd-to-electronics-full-seed42/checkpoint"
+    broken.mkdir(parents=True)
+    (broken / "metrics.json").write_text("{}")
+    assert adapt_matrix.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "dvd:electronics full:" in err and "not a finished domainlift artifact" in err
+    assert (tmp_path / "runs/books-to-kitchen-full-seed42/checkpoint/metrics.json").is_file()
+    shutil.rmtree(broken.parent)
+    assert adapt_matrix.main(argv) == 0
+    report = json.loads((tmp_path / "results.json").read_text())
+    for pair, reused in (("books:kitchen", True), ("dvd:electronics", False)):
+        (run,) = report["cells"][pair]["full"]["runs"]
+        assert run["reused"] is reused and 0 <= run["score"] <= 1
+        metrics = json.loads((adapt_matrix.Path(run["checkpoint"]) / "metrics.json").read_text())
+        assert run["score"] == metrics["target_test"]["accuracy"]
+    logs = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert logs == ["books-to-kitchen-full-seed42.log", "dvd-to-electronics-full-seed42.log"]
+    for log in logs:  # each unit logs to its own file, the failed one too
+        assert "target test accuracy = " in (tmp_path / "logs" / log).read_text()
+    assert adapt_matrix.main([*argv, "--jobs", "0"]) == 2
+    assert "--jobs 0: use 1 or more processes" in capsys.readouterr().err
