@@ -192,13 +192,13 @@ def units(configs: dict) -> list[list[Cell]]:
     return list(groups.values())
 
 
-def run_unit(suite: str, base: str, out: Path, unit: list[Cell], overrides: list[str], force: bool) -> dict:
-    """Fine-tune a unit's cells in order (a +self-train cell's teacher first); {cell: its run's record}."""
+def run_unit(suite: str, base: str, out: Path, unit: dict, overrides: list[str], force: bool) -> dict:
+    """Fine-tune a unit's cells ({cell: its config}) in order (a +self-train cell's teacher first); {cell: its run's
+    record}."""
     metric = SUITES[suite]["metric"]
     runs = {}
-    for pair, column, seed in unit:
+    for (pair, column, seed), cfg in unit.items():
         source, target = pair.split(":")
-        cfg = cell_config(suite, base, out, source, target, column, seed, overrides)
         try:
             teacher = teacher_column(column)
             if teacher:  # its teacher cell first (reused when finished, also when listed as a column itself)
@@ -246,7 +246,7 @@ def run_units(suite: str, base: str, out: Path, configs: dict, overrides, force:
     with tqdm(total=len(configs), desc="adapt-matrix", unit="run") as progress:
         if jobs == 1:
             for cell in configs:
-                runs.update(run_unit(suite, base, out, [cell], overrides, force))
+                runs.update(run_unit(suite, base, out, {cell: configs[cell]}, overrides, force))
                 progress.update()
             return runs
         threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -255,8 +255,8 @@ def run_units(suite: str, base: str, out: Path, configs: dict, overrides, force:
         with pool:
             futures = {
                 pool.submit(
-                    run_unit_in_worker, out / "logs" / f"{configs[u[0]].job}.log", threads, suite, base, out, u,
-                    overrides, force,
+                    run_unit_in_worker, out / "logs" / f"{configs[u[0]].job}.log", threads, suite, base, out,
+                    {cell: configs[cell] for cell in u}, overrides, force,
                 ): u
                 for u in units(configs)
             }  # fmt: skip
