@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -236,6 +237,18 @@ def run_unit_in_worker(log: Path, threads: int, *args) -> dict:
     return run_unit(*args)
 
 
+def stop_with_parent(parent: int) -> None:
+    """Pool initializer: a worker whose main process is gone (killed, not interrupted: Ctrl-C reaches the workers
+    too) exits, instead of training on as an orphan beside whatever runs next."""
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def run_units(suite: str, base: str, out: Path, configs: dict, overrides, force: bool, jobs: int) -> dict:
     """Every cell's run: one after another here, or in `jobs` worker processes a unit at a time. There a failed unit
     does not stop the others (their cells are kept for the next run to reuse): the first failure is raised when all
@@ -250,7 +263,9 @@ def run_units(suite: str, base: str, out: Path, configs: dict, overrides, force:
                 progress.update()
             return runs
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))  # CUDA cannot be forked
+        pool = ProcessPoolExecutor(
+            jobs, multiprocessing.get_context("spawn"), stop_with_parent, (os.getpid(),)
+        )  # spawn: CUDA cannot be forked
         failures = []
         with pool:
             futures = {

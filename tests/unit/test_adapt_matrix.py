@@ -2,12 +2,19 @@
 
 import json
 import shutil
+import signal
 import statistics
+import subprocess
+import sys
+import time
 
+import psutil
 import pytest
 
 from benchmarks import adapt_matrix
 from domainlift import manifest
+
+ROOT = adapt_matrix.Path(__file__).resolve().parents[2]
 
 
 def tiny(out, model_dir) -> list[str]:
@@ -204,3 +211,28 @@ def test_the_adapt_matrix_trains_cells_side_by_side_with_jobs(tmp_path, tiny_mod
         assert "target test accuracy = " in (tmp_path / "logs" / log).read_text()
     assert adapt_matrix.main([*argv, "--jobs", "0"]) == 2
     assert "--jobs 0: use 1 or more processes" in capsys.readouterr().err
+
+
+def test_jobs_workers_stop_when_the_matrix_process_is_killed(tmp_path, tiny_model_dir):
+    argv = ["--pairs", "books:kitchen,dvd:electronics", "--methods", "full", "--jobs", "2"]
+    main = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.adapt_matrix", *argv, *tiny(tmp_path, tiny_model_dir)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    workers = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(list((tmp_path / "logs").glob("*.log"))) < 2:  # both workers have started a unit
+            assert main.poll() is None and time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.2)
+        workers += psutil.Process(main.pid).children(recursive=True)
+        main.send_signal(signal.SIGTERM)
+        main.wait(30)
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, "a killed matrix leaves no worker training on as an orphan"
+    finally:  # nothing left running, whatever failed
+        for p in [*workers, main]:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
