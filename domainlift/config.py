@@ -95,16 +95,9 @@ class LoraConfig:
     target_modules: list = field(default_factory=lambda: ["query", "key", "value", "dense"])
 
 
-DAPT_OBJECTIVES = ("mlm", "simcse")
-
-
 @dataclass
 class DaptConfig:
-    # dapt: training on the target domain's unlabeled text before the task fine-tuning. objective mlm: masked-LM
-    # (Gururangan et al. 2020); simcse: unsupervised SimCSE (Gao et al. 2021), each text against itself under
-    # another dropout mask, mean-pooled, the batch's other texts as negatives: the contrastive objective a
-    # sentence-embedding base such as the default model was trained with, where masked-LM needs a head from scratch.
-    objective: str = "mlm"
+    # dapt: masked-LM training on the target domain's unlabeled text before the task fine-tuning.
     epochs: float = 2.0
     learning_rate: float = 5e-5
     mlm_probability: float = 0.15
@@ -603,8 +596,6 @@ def _check_method(cfg: JobConfig) -> None:
         raise ConfigError("method.udalm.target_batches must be >= 1, or null for the sample ratio")
     if m.dann.weight < 0 or m.dann.hidden < 0:
         raise ConfigError("method.dann.weight and method.dann.hidden must be >= 0")
-    if m.dapt.objective not in DAPT_OBJECTIVES:
-        raise ConfigError(f"method.dapt.objective is {m.dapt.objective!r}; choose one of {', '.join(DAPT_OBJECTIVES)}")
     if not 0 < m.dapt.mlm_probability < 1 or not 0 < m.udalm.mlm_probability < 1:
         raise ConfigError("method.dapt.mlm_probability and method.udalm.mlm_probability must be in (0, 1)")
     st = m.self_train

@@ -47,13 +47,10 @@ def warn_long_warmup(t: TrainConfig, epochs: float) -> None:
         )  # fmt: skip
 
 
-def training_args(
-    t: TrainConfig, out: Path, *, epochs: float, learning_rate: float, select: bool, kind: type = TrainingArguments
-) -> TrainingArguments:
+def training_args(t: TrainConfig, out: Path, *, epochs: float, learning_rate: float, select: bool) -> TrainingArguments:
     """select=True (task fine-tuning, labelled pre-training): evaluate on dev and save a resumable state every epoch
     (or every train.eval_steps), keep the best by the selection metric, honour train.max_steps. select=False (DAPT,
-    pruning recovery): train for `epochs`, no evaluation, no saved states. `kind`: a TrainingArguments subclass a
-    library's trainer requires (sentence-transformers')."""
+    pruning recovery): train for `epochs`, no evaluation, no saved states."""
     strategy = ("steps" if t.eval_steps else "epoch") if select else "no"
     if select:
         warn_long_warmup(t, epochs)
@@ -69,7 +66,7 @@ def training_args(
         if select
         else {}
     )
-    return kind(
+    return TrainingArguments(
         output_dir=str(out),
         num_train_epochs=epochs,
         max_steps=t.max_steps if select else -1,

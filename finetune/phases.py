@@ -1,6 +1,6 @@
 """The phases before the task fine-tuning. Each returns the encoder directory the next one starts from:
 
-    dapt      masked-LM or SimCSE training on the target domain's unlabeled text (method.name dapt+<objective>)
+    dapt      masked-LM training on the target domain's unlabeled text (method.name dapt+<objective>)
     pretrain  training on a related labelled dataset (pretrain.data, e.g. CoNLL-2003 before a CrossNER domain)
 
 They are phases, not methods: any objective in finetune/methods/ trains after them.
@@ -42,8 +42,7 @@ def run(cfg: JobConfig, base: Path, tokenizer, unlabeled: datasets.Dataset, run_
 
 
 def dapt(cfg: JobConfig, base: Path, tokenizer, unlabeled: datasets.Dataset, run_dir: Path) -> Path:
-    """Domain-adaptive pre-training on `unlabeled`: masked-LM training (Gururangan et al. 2020), or unsupervised
-    SimCSE with method.dapt.objective simcse.
+    """Domain-adaptive pre-training (Gururangan et al. 2020): masked-LM training on `unlabeled`.
 
     The default model ships without a masked-LM head: a new one is initialised, and the log says so. The encoder
     keeps the base model's pooler (masked-LM training does not use it), so the task head starts as it would have;
@@ -70,74 +69,39 @@ def dapt(cfg: JobConfig, base: Path, tokenizer, unlabeled: datasets.Dataset, run
         log.info("dapt: reusing the encoder adapted with the same inputs, %s", encoder_dir)
         return encoder_dir
     log.info("dapt: starting (an interrupted DAPT starts over: its state is not saved, a finished one is cached)")
+    texts = tasks.encode_texts(corpus, tokenizer, cfg.model.max_length)
+    model, info = AutoModelForMaskedLM.from_pretrained(base, output_loading_info=True)
+    if any(not k.startswith(model.base_model_prefix) for k in info["missing_keys"]):
+        log.info("dapt: %s has no masked-LM head; a new one is initialised (decoder tied to the embeddings)", base)
     out = run_dir / "dapt"
-    if c.objective == "simcse":
-        trainer, trained, head = _simcse(cfg, base, tasks.texts_of(corpus), out)
-    else:
-        trainer, trained, head = _masked_lm(cfg, base, tokenizer, corpus, out)
+    args = training_args(cfg.train, out, epochs=c.epochs, learning_rate=c.learning_rate, select=False)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=c.mlm_probability)
+    trainer = Trainer(model=model, args=args, train_dataset=texts, data_collator=collator)
+    log.info("dapt: masked-LM training on %d unlabeled target texts, %s epochs", len(texts), c.epochs)
     result = trainer.train()
-    log.info("dapt: final %s training loss %.4f", c.objective, result.training_loss)
+    log.info("dapt: final masked-LM training loss %.4f", result.training_loss)
     if trainer.is_world_process_zero():
         encoder = AutoModel.from_pretrained(base)  # the base's pooler; every other weight comes from DAPT
-        missing, _ = encoder.load_state_dict(trained.state_dict(), strict=False)
+        missing, _ = encoder.load_state_dict(trainer.model.base_model.state_dict(), strict=False)
         if any(not k.startswith("pooler.") for k in missing):
             raise RuntimeError(f"dapt: the adapted encoder lacks weights the base has: {missing}")
+        head = {k: v.detach().clone().contiguous() for k, v in mlm_head_of(trainer.model).state_dict().items()}
         with manifest.atomic_dir(encoder_dir, overwrite=True) as tmp:
             encoder.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            if head is not None:
-                save_file({k: v.detach().clone().contiguous() for k, v in head.state_dict().items()}, tmp / MLM_HEAD)
+            save_file(head, tmp / MLM_HEAD)
             manifest.write(
                 tmp,
                 kind="dapt-encoder",
                 config=cfg.to_dict(),
                 parent=parent,
-                quality={f"{c.objective}_train_loss": result.training_loss, "texts": len(corpus)},
+                quality={"mlm_train_loss": result.training_loss, "texts": len(texts)},
                 producer="finetune.dapt",
                 key=key,
             )
     trainer.accelerator.wait_for_everyone()
     shutil.rmtree(out, ignore_errors=True)  # its TensorBoard log went with it; the loss is in the manifest
     return encoder_dir
-
-
-def _masked_lm(cfg: JobConfig, base: Path, tokenizer, corpus: datasets.Dataset, out: Path):
-    """A Trainer for masked-LM training on `corpus`, the encoder it trains and its masked-LM head."""
-    c = cfg.method.dapt
-    texts = tasks.encode_texts(corpus, tokenizer, cfg.model.max_length)
-    model, info = AutoModelForMaskedLM.from_pretrained(base, output_loading_info=True)
-    if any(not k.startswith(model.base_model_prefix) for k in info["missing_keys"]):
-        log.info("dapt: %s has no masked-LM head; a new one is initialised (decoder tied to the embeddings)", base)
-    args = training_args(cfg.train, out, epochs=c.epochs, learning_rate=c.learning_rate, select=False)
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=c.mlm_probability)
-    log.info("dapt: masked-LM training on %d unlabeled target texts, %s epochs", len(texts), c.epochs)
-    trainer = Trainer(model=model, args=args, train_dataset=texts, data_collator=collator)
-    return trainer, model.base_model, mlm_head_of(model)
-
-
-def _simcse(cfg: JobConfig, base: Path, texts: list[str], out: Path):
-    """A Trainer for unsupervised SimCSE on `texts` (sentence-transformers' recipe: each text paired with itself,
-    MultipleNegativesRankingLoss, whose scale 20 is SimCSE's temperature 0.05; mean pooling, as the default model
-    was trained), the encoder it trains, and no head. Batches hold no text twice: a copy would be a false negative."""
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, losses, models
-    from sentence_transformers.sentence_transformer.training_args import (
-        BatchSamplers,
-        SentenceTransformerTrainingArguments,
-    )
-
-    c = cfg.method.dapt
-    word = models.Transformer(str(base), max_seq_length=cfg.model.max_length)
-    model = SentenceTransformer(modules=[word, models.Pooling(word.get_word_embedding_dimension(), "mean")])
-    args = training_args(
-        cfg.train, out, epochs=c.epochs, learning_rate=c.learning_rate, select=False,
-        kind=SentenceTransformerTrainingArguments,
-    )  # fmt: skip
-    args.batch_sampler = BatchSamplers.NO_DUPLICATES
-    args.group_by_length = False  # its own sampler batches; the texts carry no length column
-    pairs = datasets.Dataset.from_dict({"anchor": texts, "positive": texts})
-    loss = losses.MultipleNegativesRankingLoss(model)
-    log.info("dapt: SimCSE on %d unlabeled target texts, %s epochs", len(texts), c.epochs)
-    return SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs, loss=loss), word.auto_model, None
 
 
 def mlm_head_of(masked_lm_model):

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import BOOKS, CHECKPOINT_FILES, ROOT, write_config
-from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertForSequenceClassification, TrainingArguments
 from transformers import Trainer as HFTrainer
 
@@ -178,29 +177,6 @@ def test_dapt_runs_once_per_inputs_and_udalm_carries_its_masked_lm_head_on(tmp_p
     assert manifest.verify(cached)["kind"] == "dapt-encoder"
     run(job("dapt", unlabeled=[str(ROOT / "data/amazon-reviews/unlabeled/kitchen.jsonl")]), overwrite=True)
     assert len(list((tmp_path / "artifacts/dapt-cache").iterdir())) == 2, "more target text is a new DAPT"
-
-
-def test_dapt_with_simcse_adapts_the_encoder_without_a_masked_lm_head(tmp_path, tiny_model_dir):
-    def job(objective):
-        return load_config(
-            write_config(
-                tmp_path,
-                model={"path": str(tiny_model_dir)},
-                data={"source": BOOKS, "max_train_samples": 24},
-                method={"name": "dapt", "dapt": {"objective": objective, "epochs": 1, "max_samples": 16}},
-            )
-        )
-
-    with pytest.raises(ConfigError, match="method.dapt.objective is 'tsdae'; choose one of mlm, simcse"):
-        job("tsdae")
-    run(job("simcse"))
-    (cached,) = (tmp_path / "artifacts/dapt-cache").iterdir()
-    assert manifest.verify(cached)["quality"]["simcse_train_loss"] > 0
-    assert not (cached / "mlm_head.safetensors").exists(), "SimCSE trains no masked-LM head"
-    base = load_file(tiny_model_dir / "model.safetensors")
-    adapted = load_file(cached / "model.safetensors")
-    layer = "encoder.layer.0.attention.self.query.weight"
-    assert not torch.equal(base[next(k for k in base if k.endswith(layer))], adapted[layer]), "the encoder trained"
 
 
 def test_udalm_draws_the_configured_masked_lm_batches_per_source_batch(tmp_path, tiny_parts):
