@@ -10,11 +10,10 @@ import time
 
 import psutil
 import pytest
+from conftest import ROOT
 
 from benchmarks import adapt_matrix
 from domainlift import manifest
-
-ROOT = adapt_matrix.Path(__file__).resolve().parents[2]
 
 
 def tiny(out, model_dir) -> list[str]:
