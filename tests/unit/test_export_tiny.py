@@ -195,6 +195,14 @@ def test_variant_names_compose_student_pruning_and_base(job):
             parse_variant(bad, cfg)
 
 
+def test_a_new_training_seed_is_a_new_recipe_for_every_trained_variant():
+    # Same recipe and parent = reuse; a student or pruned model trained with another train.seed must not be reused.
+    base, reseeded = load_config(None, ["job=t"]), load_config(None, ["job=t", "train.seed=7"])
+    for name in ("student-2-onnx-fp32", "pruned-20-onnx-fp32"):
+        assert parse_variant(name, base).recipe != parse_variant(name, reseeded).recipe, name
+    assert parse_variant("onnx-fp32", base).recipe == parse_variant("onnx-fp32", reseeded).recipe
+
+
 def test_student_layers_are_spread_with_the_last_kept():
     assert spread_layers(6, 3) == [1, 3, 5]
     assert spread_layers(6, 2) == [2, 5]
