@@ -47,6 +47,14 @@ def warn_long_warmup(t: TrainConfig, epochs: float) -> None:
         )  # fmt: skip
 
 
+def unselected_settings(t: TrainConfig) -> dict:
+    """The train.* settings that training_args(select=False) reads besides its epochs and learning rate: what a
+    student or pruned model was trained with, kept in its export recipe (export/variants.py) so that changing one
+    rebuilds it. Keep in step with training_args."""
+    keys = "seed batch_size gradient_accumulation_steps weight_decay warmup_ratio precision group_by_length".split()
+    return {k: getattr(t, k) for k in keys}
+
+
 def training_args(t: TrainConfig, out: Path, *, epochs: float, learning_rate: float, select: bool) -> TrainingArguments:
     """select=True (task fine-tuning, labelled pre-training): evaluate on dev and save a resumable state every epoch
     (or every train.eval_steps), keep the best by the selection metric, honour train.max_steps. select=False (DAPT,

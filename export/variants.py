@@ -24,6 +24,7 @@ from pathlib import Path
 from domainlift.config import ExportConfig, JobConfig
 from domainlift.errors import ConfigError
 from domainlift.runtime import ONNX_FILE
+from domainlift.training import unselected_settings
 from export import build
 
 
@@ -153,13 +154,6 @@ def valid_names() -> str:
     )  # fmt: skip
 
 
-def _training(cfg: JobConfig) -> dict:
-    """The train.* settings a student's distillation and a pruned model's recovery read (domainlift/training.py):
-    in the recipe, so that changing one (a new seed, say) rebuilds the variant instead of reusing the old one."""
-    keys = "seed batch_size gradient_accumulation_steps weight_decay warmup_ratio precision group_by_length".split()
-    return {k: getattr(cfg.train, k) for k in keys}
-
-
 def parse(name: str, cfg: JobConfig) -> Variant:
     m = _NAME.match(name)
     layers, pct = (int(m[k]) if m[k] else None for k in ("layers", "pct"))
@@ -185,7 +179,7 @@ def parse(name: str, cfg: JobConfig) -> Variant:
             "learning_rate": e.student_learning_rate or cfg.train.learning_rate,
             "hidden_weight": e.student_hidden_weight,
             "data": "source train texts + target unlabeled (held-out texts excluded)",
-            "train": _training(cfg),
+            "train": unselected_settings(cfg.train),
         }
         if e.student_unlabeled:  # only when set, so students built without it stay up to date
             recipe["student"]["more_texts"] = [str(i) for i in e.student_unlabeled]
@@ -197,7 +191,7 @@ def parse(name: str, cfg: JobConfig) -> Variant:
             "distill": e.prune_distill,
             "hidden_weight": e.prune_hidden_weight,
             "importance": "gradient, source dev set",
-            "train": _training(cfg) | {"learning_rate": cfg.train.learning_rate},
+            "train": unselected_settings(cfg.train) | {"learning_rate": cfg.train.learning_rate},
         }
     if base:
         recipe.update(BASES[base].settings(e))
