@@ -44,6 +44,7 @@ def test_latency_harness_writes_every_documented_file_and_key(exported_job):
             assert cell["repeats"] >= 2 and 0 < cell["p50_ms"] <= cell["p95_ms"] <= cell["p99_ms"]
             assert cell["texts_per_s"] > 0
         assert r["peak_rss_mb"] > 0 and r["accuracy"] is not None
+        assert r["accepted"] is None if r["name"] == "original" else isinstance(r["accepted"], bool)
     assert report["results"][0]["cells"]["len16 b4"]["mean_tokens"] == 16
     if not report["devices"]["torch_cuda"]:
         assert "original [cuda]: no CUDA GPU here" in report["skipped"]
@@ -51,6 +52,13 @@ def test_latency_harness_writes_every_documented_file_and_key(exported_job):
     assert "| onnx-fp32 [cpu] |" in md and "1.00x" in md
     for png in ("latency_vs_batch.png", "accuracy_vs_latency.png"):
         assert (reports / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_variant_the_gate_rejected_is_never_on_the_pareto_front():
+    # (p50 ms, test metric, accepted, label): a rejected student beats the checkpoint's test score, faster
+    points = [(30.0, 0.9125, None, "original"), (5.4, 0.9250, False, "student"), (6.6, 0.9150, True, "int8"),
+              (4.0, 0.8900, True, "pruned"), (8.0, 0.9100, True, "slower and worse")]  # fmt: skip
+    assert [p[3] for p in latency.pareto_front(points)] == ["pruned", "int8"]
 
 
 def test_random_weights_time_an_architecture_without_a_checkpoint(exported_job, tmp_path):
