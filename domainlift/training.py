@@ -18,12 +18,17 @@ from domainlift.metrics import SELECTION_METRIC
 log = logging.getLogger(__name__)
 
 
+def resolved_precision(choice: str) -> str:
+    """train.precision as this machine trains it: "auto" is bf16 or fp16 on a GPU, fp32 on a CPU."""
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"  # CPU autocast buys little for BERT-size training and costs accuracy checks
+
+
 def precision_flags(choice: str) -> dict:
-    if choice == "auto":
-        if torch.cuda.is_available():
-            choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            choice = "fp32"  # CPU autocast buys little for BERT-size training and costs accuracy checks
+    choice = resolved_precision(choice)
     if choice in ("bf16", "fp16") and not torch.cuda.is_available():
         log.warning("train.precision=%s on CPU: autocast runs, but expect no speed-up over fp32", choice)
     return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
@@ -50,9 +55,10 @@ def warn_long_warmup(t: TrainConfig, epochs: float) -> None:
 def unselected_settings(t: TrainConfig) -> dict:
     """The train.* settings that training_args(select=False) reads besides its epochs and learning rate: what a
     student or pruned model was trained with, kept in its export recipe (export/variants.py) so that changing one
-    rebuilds it. Keep in step with training_args."""
-    keys = "seed batch_size gradient_accumulation_steps weight_decay warmup_ratio precision group_by_length".split()
-    return {k: getattr(t, k) for k in keys}
+    rebuilds it. Keep in step with training_args. The precision is the resolved one: "auto" trains in bf16 on a GPU
+    and fp32 on a CPU, so a student distilled on a GPU is not reused as if it were the CPU's."""
+    keys = "seed batch_size gradient_accumulation_steps weight_decay warmup_ratio group_by_length".split()
+    return {k: getattr(t, k) for k in keys} | {"precision": resolved_precision(t.precision)}
 
 
 def training_args(t: TrainConfig, out: Path, *, epochs: float, learning_rate: float, select: bool) -> TrainingArguments:

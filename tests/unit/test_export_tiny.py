@@ -203,6 +203,18 @@ def test_a_new_training_seed_is_a_new_recipe_for_every_trained_variant():
     assert parse_variant("onnx-fp32", base).recipe == parse_variant("onnx-fp32", reseeded).recipe
 
 
+def test_a_student_trained_in_another_precision_is_a_new_recipe(monkeypatch):
+    # precision "auto" is fp32 on a CPU and bf16 on a GPU: the recipe records what it resolved to, not "auto".
+    cfg = load_config(None, ["job=t"])
+    assert cfg.train.precision == "auto"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    on_cpu = parse_variant("student-2-onnx-fp32", cfg).recipe
+    assert on_cpu == parse_variant("student-2-onnx-fp32", load_config(None, ["job=t", "train.precision=fp32"])).recipe
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # stands in for a GPU, which CI has not
+    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda: True)
+    assert parse_variant("student-2-onnx-fp32", cfg).recipe != on_cpu
+
+
 def test_student_layers_are_spread_with_the_last_kept():
     assert spread_layers(6, 3) == [1, 3, 5]
     assert spread_layers(6, 2) == [2, 5]
