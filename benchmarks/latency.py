@@ -38,6 +38,7 @@ from domainlift.config import default_model_path, load_config
 from domainlift.errors import ConfigError
 from domainlift.runtime import OnnxRunner, TorchRunner, pad_batch, runtime_of
 from export.build import bitsandbytes_weights
+from export.recipe import weights_bytes
 
 ARCHS = {  # --random-weights: BERT-family shapes (hidden, layers, heads, FFN)
     "minilm": {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536},
@@ -57,6 +58,11 @@ class Subject:
     accuracy: float | None = None  # the target-test metric from its manifest (None with random weights)
     accepted: bool | None = None  # the export gate's verdict on a variant (None: the original, or no gate run)
     agreement: float | None = None  # a variant's agreement with the checkpoint on held-out target text
+    size_mb: float | None = None  # its weights on disk, what a deployment ships
+
+    @classmethod
+    def of(cls, name: str, device: str, path: Path, **kw) -> Subject:
+        return cls(name, device, str(path), size_mb=weights_bytes(path) / 2**20, **kw)
 
     @property
     def label(self) -> str:
@@ -85,7 +91,7 @@ def subjects_for(job_dir: Path, torch_cuda: bool, ort_cuda: bool) -> tuple[list[
     checkpoint = job_dir / "checkpoint"
     quality = manifest.read(checkpoint)["quality"]
     metric = quality["main_metric"]
-    out = [Subject("original", "cpu", str(checkpoint), accuracy=quality["target_test"])]
+    out = [Subject.of("original", "cpu", checkpoint, accuracy=quality["target_test"])]
     skipped = []
     if torch_cuda:
         out += gpu_originals(str(checkpoint), out[0].accuracy)
@@ -99,10 +105,10 @@ def subjects_for(job_dir: Path, torch_cuda: bool, ort_cuda: bool) -> tuple[list[
         acc, gate = q.get(metric), {"accepted": q.get("accepted"), "agreement": q.get("unlabeled_agreement")}
         gpu_only = m["recipe"]["variant"].startswith(("torch-int8", "torch-nf4")) or "fp16" in m["variant"]
         if not gpu_only:
-            out.append(Subject(d.name, "cpu", str(d), accuracy=acc, **gate))
+            out.append(Subject.of(d.name, "cpu", d, accuracy=acc, **gate))
         cuda_here = ort_cuda if m["runtime"] == "onnxruntime" else torch_cuda
         if cuda_here:
-            out.append(Subject(d.name, "cuda", str(d), accuracy=acc, **gate))
+            out.append(Subject.of(d.name, "cuda", d, accuracy=acc, **gate))
         elif gpu_only or m["runtime"] == "onnxruntime":
             why = "no CUDA provider in this onnxruntime" if m["runtime"] == "onnxruntime" else "no CUDA GPU here"
             skipped.append(f"{d.name} [cuda]: {why}")
@@ -209,8 +215,8 @@ def speedup_table(report: dict, natural: bool) -> str:
     cells = [c for c in next(iter(rows))["cells"] if c.startswith(NATURAL) == natural]
     ref = {r["device"]: r for r in rows if r["name"] == "original" and not r["half"] and not r["compiled"]}
     gpu = ref.get("cuda")
-    head = "| subject | accuracy | peak mem MB | " + " | ".join(cells) + " |"
-    lines = [head, "|" + "---|" * (len(cells) + 3)]
+    head = "| subject | accuracy | size MB | peak mem MB | " + " | ".join(cells) + " |"
+    lines = [head, "|" + "---|" * (len(cells) + 4)]
     for r in rows:
         same = ref[r["device"]]
         mem = r["peak_gpu_allocated_mb"] if r["device"] == "cuda" else r["peak_rss_mb"]
@@ -222,8 +228,9 @@ def speedup_table(report: dict, natural: bool) -> str:
             parts.append(text)
         acc = "—" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
         mem_text = "—" if mem is None else f"{mem:.0f}"
+        size = "—" if r.get("size_mb") is None else f"{r['size_mb']:.1f}"
         rejected = " (rejected)" if r["accepted"] is False else ""
-        lines.append(f"| {r['label']}{rejected} | {acc} | {mem_text} | " + " | ".join(parts) + " |")
+        lines.append(f"| {r['label']}{rejected} | {acc} | {size} | {mem_text} | " + " | ".join(parts) + " |")
     return "\n".join(lines)
 
 
@@ -267,7 +274,7 @@ def pareto_front(points: list[tuple]) -> list[tuple]:
 def plot_pareto(report: dict, scored: list[dict], out: Path, plt) -> str:
     """Target-test metric vs batch-1 latency, and (when the export measured it) held-out agreement with the
     checkpoint vs batch-1 latency with the gate's line: the two halves of the export gate. Rejected variants are
-    grey crosses; the front is drawn over the original and the accepted variants."""
+    grey crosses; the front is drawn over the original and the accepted variants. Each point names its size."""
     cell = f"{NATURAL} b{report['bench']['batch_sizes'][0]}"
     panels = [("accuracy", "target-test metric")]
     if any(r["agreement"] is not None for r in scored):
@@ -277,14 +284,19 @@ def plot_pareto(report: dict, scored: list[dict], out: Path, plt) -> str:
         reference = key == "agreement"  # the checkpoint agrees with itself: the original in fp32 sits at 1.0
         points = [
             (r["cells"][cell]["p50_ms"], 1.0 if reference and r["label"] == "original [cpu]" else r[key],
-             r["accepted"], r["label"])
-            for r in scored
+             r["accepted"], r["label"] + ("" if r.get("size_mb") is None else f", {r['size_mb']:.1f} MB"),
+             "grey" if r["accepted"] is False else f"C{i}")  # one colour per subject in both panels
+            for i, r in enumerate(scored)
         ]  # fmt: skip
         points = [p for p in points if p[1] is not None]
-        for x, y, accepted, label in points:
+        row, last = 0, None
+        for x, y, accepted, label, color in sorted(points, key=lambda p: (p[1], p[0])):
+            row = row + 1 if y == last else 0  # labels of points at the same score step down instead of overlapping
+            last = y
             rejected = accepted is False
-            ax.scatter(x, y, marker="x" if rejected else "o", color="grey" if rejected else None)
-            ax.annotate(label + (" (rejected)" if rejected else ""), (x, y), fontsize=7)
+            ax.scatter(x, y, marker="x" if rejected else "o", color=color)
+            ax.annotate(label + (" (rejected)" if rejected else ""), (x, y), fontsize=7,
+                        xytext=(4, 3 - 9 * row), textcoords="offset points")  # fmt: skip
         front = pareto_front(points) if key == "accuracy" else []
         if front:
             ax.plot([p[0] for p in front], [p[1] for p in front], "k--s", fillstyle="none", markersize=12,
@@ -292,7 +304,7 @@ def plot_pareto(report: dict, scored: list[dict], out: Path, plt) -> str:
         if key == "agreement":
             ax.axhline(report["min_agreement"], color="r", linestyle=":", label="export.min_agreement (the gate)")
         ax.set(xlabel=f"p50 latency, {cell}, ms", ylabel=ylabel)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(f"{report['job']}: accuracy vs latency")
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_latency.png", dpi=120)
@@ -319,7 +331,7 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, defaults + args.overrides)
         scratch = Path(tempfile.mkdtemp(prefix="domainlift-random-"))
         checkpoint = random_checkpoint(args.arch, args.task, scratch / "checkpoint")
-        subjects = [Subject("original", "cpu", str(checkpoint))]
+        subjects = [Subject.of("original", "cpu", checkpoint)]
         skipped = [] if torch_cuda else ["original [cuda]: no CUDA GPU here"]
         if torch_cuda:
             bnb, skipped = random_bitsandbytes_variants(checkpoint, args.task)

@@ -70,7 +70,14 @@ class Exporter:
             log.info("reference: checkpoint in PyTorch fp32 eager, %d test examples", len(self.test))
             ref_logits = evaluate.predict(TorchRunner(self.ckpt, self.threads), self.test, self.tokenizer)
             ref_quality = evaluate.compare(self.task, self.labels, ref_logits, ref_logits, self.gold)
-            rows = [{"variant": REFERENCE, "status": "reference", "runtime": "torch", "size_bytes": _size(self.ckpt)}]
+            rows = [
+                {
+                    "variant": REFERENCE,
+                    "status": "reference",
+                    "runtime": "torch",
+                    "size_bytes": weights_bytes(self.ckpt),
+                }
+            ]
             rows[0].update(_row(ref_quality, metric))
             rows += [self.build_or_reuse(v, ref_logits, ref_quality, metric) for v in chosen]
             self.time_rows(rows)
@@ -150,7 +157,7 @@ class Exporter:
             "variant": v.name,
             "status": "accepted" if q["accepted"] else "rejected",
             "runtime": m["runtime"],
-            "size_bytes": _size(self.out / v.name),
+            "size_bytes": weights_bytes(self.out / v.name),
             "reason": q.get("reason", ""),
             **_row(q, metric),
         }
@@ -326,6 +333,6 @@ def _row(q: dict, metric: str) -> dict:
     }
 
 
-def _size(root: Path) -> int:
+def weights_bytes(root: Path) -> int:
     """Bytes of model weights (what a deployment ships), tokenizer and manifests excluded."""
     return sum(p.stat().st_size for p in Path(root).glob("*") if p.suffix in (".onnx", ".safetensors", ".data"))

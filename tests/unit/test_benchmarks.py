@@ -46,10 +46,13 @@ def test_latency_harness_writes_every_documented_file_and_key(exported_job):
         assert r["peak_rss_mb"] > 0 and r["accuracy"] is not None
         assert r["accepted"] is None if r["name"] == "original" else isinstance(r["accepted"], bool)
     assert report["results"][0]["cells"]["len16 b4"]["mean_tokens"] == 16
+    size = {r["label"]: r["size_mb"] for r in report["results"]}  # the weights a deployment ships
+    assert 0 < size["pruned-50 [cpu]"] < size["onnx-fp32 [cpu]"]
+    assert size["onnx-fp32 [cpu]"] == pytest.approx(size["original [cpu]"], rel=0.1)  # both fp32
     if not report["devices"]["torch_cuda"]:
         assert "original [cuda]: no CUDA GPU here" in report["skipped"]
     md = (reports / "latency.md").read_text()
-    assert "| onnx-fp32 [cpu] |" in md and "1.00x" in md
+    assert "| onnx-fp32 [cpu] |" in md and "1.00x" in md and "| size MB |" in md
     for png in ("latency_vs_batch.png", "accuracy_vs_latency.png"):
         assert (reports / png).read_bytes()[:4] == b"\x89PNG"
 
