@@ -372,6 +372,7 @@ def main(argv=None) -> int:
     table = "\n\n".join(
         f"### {what}\n\n{speedup_table(report, natural)}"
         for what, natural in (("Real test texts, natural lengths", True), ("Fixed lengths (tokens)", False))
+        if natural or b.fixed_lengths  # bench.fixed_lengths=[]: no fixed-length cells, no empty table
     )
     notes = "".join(f"- skipped {s}\n" for s in skipped)
     (out / "latency.md").write_text(

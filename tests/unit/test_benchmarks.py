@@ -73,9 +73,11 @@ def test_random_weights_time_an_architecture_without_a_checkpoint(exported_job, 
 
 
 def test_random_weights_need_no_config_and_take_overrides(tmp_path):
-    assert latency.main(["--random-weights", f"output_dir={tmp_path}", *FEW]) == 0
+    assert latency.main(["--random-weights", f"output_dir={tmp_path}", *FEW, "bench.fixed_lengths=[]"]) == 0
     report = json.loads((tmp_path / "random-minilm/reports/latency.json").read_text())
     assert report["bench"]["batch_sizes"] == [1, 4] and report["random_weights"] == "minilm"
+    assert set(report["results"][0]["cells"]) == {"natural b1", "natural b4"}
+    assert "Fixed lengths" not in (tmp_path / "random-minilm/reports/latency.md").read_text()  # no empty table
     stand_in = Path(report["results"][0]["path"])
     assert stand_in.name == "checkpoint" and not stand_in.parent.exists(), "the stand-in is deleted after the run"
 
