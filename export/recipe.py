@@ -70,14 +70,8 @@ class Exporter:
             log.info("reference: checkpoint in PyTorch fp32 eager, %d test examples", len(self.test))
             ref_logits = evaluate.predict(TorchRunner(self.ckpt, self.threads), self.test, self.tokenizer)
             ref_quality = evaluate.compare(self.task, self.labels, ref_logits, ref_logits, self.gold)
-            rows = [
-                {
-                    "variant": REFERENCE,
-                    "status": "reference",
-                    "runtime": "torch",
-                    "size_bytes": weights_bytes(self.ckpt),
-                }
-            ]
+            size = weights_bytes(self.ckpt)
+            rows = [{"variant": REFERENCE, "status": "reference", "runtime": "torch", "size_bytes": size}]
             rows[0].update(_row(ref_quality, metric))
             rows += [self.build_or_reuse(v, ref_logits, ref_quality, metric) for v in chosen]
             self.time_rows(rows)
