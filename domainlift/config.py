@@ -315,9 +315,10 @@ class ServeConfig:
     batching: bool = True
     max_batch_size: int = 32
     max_latency_ms: int = 10000
-    # Texts of a merged batch are sorted by length and run in micro-batches padded to their own longest
-    # text: on CPU, padding short texts to a long one costs more than batching gains.
-    micro_batch_size: int = 8
+    # Texts of a merged batch are sorted by length and run in micro-batches padded to their own longest text.
+    # null = by device: on a CPU one text per call, because padding costs more than batching gains there (the
+    # default job served 24% more texts/s with 1 than with 8: docs/benchmarks.md); on a GPU the whole batch at once.
+    micro_batch_size: int | None = None
     max_texts: int = 64  # texts per request; more answers 400
     max_chars: int = 10000  # characters per text
     # A text over max_chars: "reject" answers 400; "truncate" cuts it and flags the result `truncated: true`.
@@ -625,7 +626,7 @@ def _check_serve(s: ServeConfig) -> None:
         "body_timeout_s",
         "rate_burst",
     ):
-        if getattr(s, name) <= 0:
+        if getattr(s, name) is not None and getattr(s, name) <= 0:
             raise ConfigError(f"serve.{name} is {getattr(s, name)}; it must be positive")
     if s.drift_window < 0 or s.capture.max_mb <= 0 or not 0 < s.capture.file_mb <= s.capture.max_mb:
         raise ConfigError("serve.drift_window >= 0; serve.capture: max_mb > 0 and 0 < file_mb <= max_mb")

@@ -5,7 +5,9 @@
     predictor.extract_entities(["Merkel met Obama."])    # [{"entities": [{type, text, start, end, score}], ...}]
 
 Texts are sorted by token length and run in micro-batches padded to their own longest text, never to the
-model's maximum: on a CPU, padding a 20-token review to a 250-token one costs more than batching gains.
+model's maximum. On a CPU the default micro-batch is one text: padding a 20-token review to a 250-token one costs
+more than batching gains, and pairs of length-sorted neighbours were no faster than one by one (docs/benchmarks.md).
+On a GPU, where a batch costs about what one text costs, the whole batch is one call.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class Predictor:
         self,
         root: Path,
         threads: int | None = None,
-        micro_batch_size: int = 8,
+        micro_batch_size: int | None = None,
         max_chars: int | None = None,
         verify: bool = True,
         drift_window: int = 0,
@@ -46,7 +48,9 @@ class Predictor:
         self.task = self.manifest["task"]
         self.labels = list(self.manifest["labels"])
         self.max_length = int(self.manifest["config"]["model"]["max_length"])
-        self.micro_batch_size = micro_batch_size
+        # None = by device: 1 on a CPU; 0 (the whole batch in one call) on a GPU.
+        on_cpu = str(self.runner.device) == "cpu"
+        self.micro_batch_size = micro_batch_size or (1 if on_cpu else 0)
         self.max_chars = max_chars  # longer texts are cut to this (the service rejects them before, if so set)
         # Drift: the latest drift_window texts against the reference profile exported with the model, if it has one.
         profile_file = Path(root) / drift.PROFILE_FILE
@@ -57,7 +61,7 @@ class Predictor:
 
     def warm_up(self) -> None:
         """One call per micro-batch shape class, so the first real request does not pay for allocation."""
-        for n in (1, self.micro_batch_size):
+        for n in sorted({1, self.micro_batch_size or 8}):
             self._logits([WARM_UP_TEXT * 4] * n)
 
     def classify(self, texts: list[str]) -> list[dict]:
@@ -98,8 +102,9 @@ class Predictor:
         columns = [c for c in MODEL_INPUTS if c in enc]  # a model without token types gets zeros
         order = np.argsort(lengths, kind="stable")
         logits: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
-        for start in range(0, len(order), self.micro_batch_size):
-            idx = order[start : start + self.micro_batch_size]
+        step = self.micro_batch_size or len(texts)
+        for start in range(0, len(order), step):
+            idx = order[start : start + step]
             out = self.runner(pad_batch([{c: enc[c][i] for c in columns} for i in idx], self.tokenizer.pad_token_id))
             for row, i in zip(out, idx):
                 logits[i] = row[: lengths[i]] if out.ndim == 3 else row

@@ -295,6 +295,34 @@ def test_an_artifact_that_fails_its_hashes_is_refused(sentiment_job, tmp_path):
         Predictor(tampered)
 
 
+def test_micro_batches_follow_the_device_and_give_the_same_answers(sentiment_job, monkeypatch):
+    """On a CPU one text per model call; on a GPU the whole batch in one. No GPU here: the GPU case is the same
+    ONNX Runtime session on the CPU with its device label set to "cuda", which is all the predictor reads."""
+    import serve.predictor as predictor_module
+
+    root = load_config(sentiment_job).job_dir / "export/onnx-fp32"
+    texts = ["a kettle that boils fast and pours without a drip, well made", "ok", "broke after a week"]
+
+    def answers(predictor):
+        calls, run = [], predictor.runner
+        predictor.runner = lambda batch: calls.append(len(batch["input_ids"])) or run(batch)
+        return [r["scores"] for r in predictor.classify(texts)], calls
+
+    on_cpu, cpu_calls = answers(Predictor(root, threads=1))
+    load = predictor_module.load_runner
+
+    def load_on_gpu(*args, **kwargs):
+        runner = load(*args, **kwargs)
+        runner.device = "cuda"
+        return runner
+
+    monkeypatch.setattr(predictor_module, "load_runner", load_on_gpu)
+    on_gpu, gpu_calls = answers(Predictor(root, threads=1))
+    assert cpu_calls == [1, 1, 1] and gpu_calls == [3]
+    for a, b in zip(on_cpu, on_gpu):  # padding is masked: the same probabilities to float precision
+        assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-4 for k in a)
+
+
 def test_a_torch_variant_runs_through_the_same_predictor(ner_job):
     """The PyTorch backend (pruned-* and bitsandbytes variants) behind the same interface, in-process."""
     cfg = load_config(ner_job)
