@@ -626,8 +626,9 @@ def _check_serve(s: ServeConfig) -> None:
         "body_timeout_s",
         "rate_burst",
     ):
-        if getattr(s, name) is not None and getattr(s, name) <= 0:
-            raise ConfigError(f"serve.{name} is {getattr(s, name)}; it must be positive")
+        value = getattr(s, name)
+        if value is not None and value <= 0:  # None: micro_batch_size chosen by device
+            raise ConfigError(f"serve.{name} is {value}; it must be positive")
     if s.drift_window < 0 or s.capture.max_mb <= 0 or not 0 < s.capture.file_mb <= s.capture.max_mb:
         raise ConfigError("serve.drift_window >= 0; serve.capture: max_mb > 0 and 0 < file_mb <= max_mb")
     if s.rate_limit < 0:

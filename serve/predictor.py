@@ -61,7 +61,7 @@ class Predictor:
 
     def warm_up(self) -> None:
         """One call per micro-batch shape class, so the first real request does not pay for allocation."""
-        for n in sorted({1, self.micro_batch_size or 8}):
+        for n in sorted({1, self.micro_batch_size or 8}):  # whole batches (a GPU): warm up at 8 texts
             self._logits([WARM_UP_TEXT * 4] * n)
 
     def classify(self, texts: list[str]) -> list[dict]:
