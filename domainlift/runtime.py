@@ -48,7 +48,8 @@ class OnnxRunner:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        self.threads = threads or os.cpu_count() or 1
+        opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()

@@ -8,11 +8,18 @@ Texts are sorted by token length and run in micro-batches padded to their own lo
 model's maximum. On a CPU the default micro-batch is one text: padding a 20-token review to a 250-token one costs
 more than batching gains, and pairs of length-sorted neighbours were no faster than one by one (docs/benchmarks.md).
 On a GPU, where a batch costs about what one text costs, the whole batch is one call.
+
+On a CPU with more than one thread, an ONNX artifact also gets a one-thread session, and a batch of at least
+POOL_FROM texts per thread runs on it from a pool of threads, one text per core at a time: one 100-token text
+keeps two intra-op threads only partly busy, two texts on one core each keep both busy (docs/benchmarks.md).
+Fewer texts than that, a lone request above all, still run one by one on all the threads, or the first of them
+would use one core of several.
 """
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +29,9 @@ from domainlift.runtime import load_runner, pad_batch
 from domainlift.tasks import MODEL_INPUTS
 
 WARM_UP_TEXT = "Warm-up text: the first calls of a fresh session allocate memory and pick kernels."
+# Texts per thread from which a batch runs on the pool of one-thread calls: on 2 cores, batches of 4 texts were a tie
+# and of 8 a gain (docs/benchmarks.md); in small batches the threads wait on each other's longer texts.
+POOL_FROM = 4
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -51,6 +61,12 @@ class Predictor:
         # None = by device: 1 on a CPU; 0 (the whole batch in one call) on a GPU.
         on_cpu = str(self.runner.device) == "cpu"
         self.micro_batch_size = micro_batch_size or (1 if on_cpu else 0)
+        # ONNX Runtime releases the GIL while it runs, so one-thread calls from a pool use all the cores at once.
+        self.pool = None
+        self.threads = self.runner.threads if self.runner.runtime == "onnxruntime" else 1
+        if on_cpu and self.threads > 1:
+            self.one_thread = load_runner(root, 1, verify=False, device="cpu")
+            self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="onnx")
         self.max_chars = max_chars  # longer texts are cut to this (the service rejects them before, if so set)
         # Drift: the latest drift_window texts against the reference profile exported with the model, if it has one.
         profile_file = Path(root) / drift.PROFILE_FILE
@@ -60,9 +76,11 @@ class Predictor:
         self.special_ids = set(self.tokenizer.all_special_ids)
 
     def warm_up(self) -> None:
-        """One call per micro-batch shape class, so the first real request does not pay for allocation."""
+        """One call per micro-batch shape class and session, so the first real request does not pay for allocation."""
         for n in sorted({1, self.micro_batch_size or 8}):  # whole batches (a GPU): warm up at 8 texts
             self._logits([WARM_UP_TEXT * 4] * n)
+        if self.pool:
+            self._logits([WARM_UP_TEXT * 4] * POOL_FROM * self.threads)
 
     def classify(self, texts: list[str]) -> list[dict]:
         logits, enc, truncated, lengths = self._logits(texts)
@@ -103,9 +121,14 @@ class Predictor:
         order = np.argsort(lengths, kind="stable")
         logits: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
         step = self.micro_batch_size or len(texts)
-        for start in range(0, len(order), step):
-            idx = order[start : start + step]
-            out = self.runner(pad_batch([{c: enc[c][i] for c in columns} for i in idx], self.tokenizer.pad_token_id))
+        chunks = [order[start : start + step] for start in range(0, len(order), step)]
+        pad = self.tokenizer.pad_token_id
+        batches = [pad_batch([{c: enc[c][i] for c in columns} for i in idx], pad) for idx in chunks]
+        if self.pool and len(chunks) >= POOL_FROM * self.threads:
+            outs = self.pool.map(self.one_thread, batches)
+        else:
+            outs = map(self.runner, batches)
+        for idx, out in zip(chunks, outs):
             for row, i in zip(out, idx):
                 logits[i] = row[: lengths[i]] if out.ndim == 3 else row
         return logits, enc, truncated, lengths

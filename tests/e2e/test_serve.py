@@ -323,6 +323,34 @@ def test_micro_batches_follow_the_device_and_give_the_same_answers(sentiment_job
         assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-4 for k in a)
 
 
+def test_large_batches_run_on_a_pool_of_one_thread_calls_with_the_same_answers(sentiment_job):
+    """With 2 threads, a batch of POOL_FROM texts per thread runs one text per call on a one-thread session from
+    two pool threads at once; a smaller batch runs on the two-thread session. Answers match a one-thread predictor."""
+    import threading
+
+    from serve.predictor import POOL_FROM
+
+    root = load_config(sentiment_job).job_dir / "export/onnx-fp32"
+    texts = [f"review {i}: " + "the lid fits and the handle stays cool " * (i % 5 + 1) for i in range(POOL_FROM * 2)]
+    predictor = Predictor(root, threads=2)
+    calls = []
+
+    def counted(run, session):
+        return lambda batch: calls.append((session, threading.current_thread().name)) or run(batch)
+
+    predictor.runner = counted(predictor.runner, "two threads")
+    predictor.one_thread = counted(predictor.one_thread, "one thread")
+    large = predictor.classify(texts)
+    assert len(calls) == len(texts) and {session for session, _ in calls} == {"one thread"}
+    assert all(name.startswith("onnx") for _, name in calls)  # from the pool, not the caller's thread
+    calls.clear()
+    predictor.classify(texts[:3])
+    assert [session for session, _ in calls] == ["two threads"] * 3
+    reference = Predictor(root, threads=1).classify(texts)
+    for a, b in zip(large, reference):
+        assert a["label"] == b["label"] and all(abs(a["scores"][k] - b["scores"][k]) < 1e-5 for k in a["scores"])
+
+
 def test_a_torch_variant_runs_through_the_same_predictor(ner_job):
     """The PyTorch backend (pruned-* and bitsandbytes variants) behind the same interface, in-process."""
     cfg = load_config(ner_job)
