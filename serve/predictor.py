@@ -63,10 +63,10 @@ class Predictor:
         self.micro_batch_size = micro_batch_size or (1 if on_cpu else 0)
         # ONNX Runtime releases the GIL while it runs, so one-thread calls from a pool use all the cores at once.
         self.pool = None
-        self.threads = self.runner.threads if self.runner.runtime == "onnxruntime" else 1
-        if on_cpu and self.threads > 1:
+        if on_cpu and self.runner.runtime == "onnxruntime" and self.runner.threads > 1:
             self.one_thread = load_runner(root, 1, verify=False, device="cpu")
-            self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="onnx")
+            self.pool = ThreadPoolExecutor(self.runner.threads, thread_name_prefix="onnx")
+            self.pool_from = POOL_FROM * self.runner.threads  # micro-batches in a batch that goes to the pool
         self.max_chars = max_chars  # longer texts are cut to this (the service rejects them before, if so set)
         # Drift: the latest drift_window texts against the reference profile exported with the model, if it has one.
         profile_file = Path(root) / drift.PROFILE_FILE
@@ -80,7 +80,7 @@ class Predictor:
         for n in sorted({1, self.micro_batch_size or 8}):  # whole batches (a GPU): warm up at 8 texts
             self._logits([WARM_UP_TEXT * 4] * n)
         if self.pool:
-            self._logits([WARM_UP_TEXT * 4] * POOL_FROM * self.threads)
+            self._logits([WARM_UP_TEXT * 4] * self.pool_from)
 
     def classify(self, texts: list[str]) -> list[dict]:
         logits, enc, truncated, lengths = self._logits(texts)
@@ -124,7 +124,7 @@ class Predictor:
         chunks = [order[start : start + step] for start in range(0, len(order), step)]
         pad = self.tokenizer.pad_token_id
         batches = [pad_batch([{c: enc[c][i] for c in columns} for i in idx], pad) for idx in chunks]
-        if self.pool and len(chunks) >= POOL_FROM * self.threads:
+        if self.pool and len(chunks) >= self.pool_from:
             outs = self.pool.map(self.one_thread, batches)
         else:
             outs = map(self.runner, batches)
