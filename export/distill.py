@@ -1,9 +1,9 @@
 """Knowledge distillation from a fine-tuned checkpoint: how pruned models recover and how students learn.
 
-Loss = task_weight * task CE + (1 - task_weight) * T^2 * KL(student/T || teacher/T), T = 2 (Hinton et al. 2015),
-plus hidden_weight * the mean squared distance between each student layer's hidden states and those of the teacher
-layer it came from, at real tokens (TinyBERT's intermediate-layer loss; pruning and layer selection keep the hidden
-size). With task_weight 0 no labels are read: a student can learn from unlabeled text alone.
+Loss = task_weight * task CE + (1 - task_weight) * T^2 * KL(student/T || teacher/T), T = 2 unless set (Hinton et
+al. 2015), plus hidden_weight * the mean squared distance between each student layer's hidden states and those of
+the teacher layer it came from, at real tokens (TinyBERT's intermediate-layer loss; pruning and layer selection keep
+the hidden size). With task_weight 0 no labels are read: a student can learn from unlabeled text alone.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ class DistillTrainer(Trainer):
 
 
 def distill(model, teacher, dataset, collator, tokenizer, out_dir: Path, cfg: JobConfig, *, epochs: float,
-            learning_rate: float, kept_layers: list[int], hidden_weight: float, task_weight: float):  # fmt: skip
+            learning_rate: float, kept_layers: list[int], hidden_weight: float, task_weight: float,
+            temperature: float = 2.0):  # fmt: skip
     """Train `model` on `dataset` (the job's train: settings, no evaluation) to mimic `teacher`; return it."""
     args = training_args(cfg.train, out_dir, epochs=epochs, learning_rate=learning_rate, select=False)
     trainer = DistillTrainer(
@@ -62,6 +63,7 @@ def distill(model, teacher, dataset, collator, tokenizer, out_dir: Path, cfg: Jo
         kept_layers=kept_layers,
         hidden_weight=hidden_weight,
         task_weight=task_weight,
+        temperature=temperature,
     )
     trainer.train()
     return trainer.model

@@ -178,6 +178,7 @@ def parse(name: str, cfg: JobConfig) -> Variant:
             "epochs": e.student_epochs,
             "learning_rate": e.student_learning_rate or cfg.train.learning_rate,
             "hidden_weight": e.student_hidden_weight,
+            "temperature": e.student_temperature,
             "data": "source train texts + target unlabeled (held-out texts excluded)",
             "train": unselected_settings(cfg.train),
         }

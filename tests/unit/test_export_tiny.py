@@ -184,6 +184,25 @@ def test_more_distillation_text_joins_the_students_but_never_a_test_or_held_out_
         Exporter(load_config(job, [f"export.student_unlabeled=[{empty}]"]))
 
 
+def test_the_student_temperature_reaches_the_distillation_loss_and_must_be_positive(job, monkeypatch):
+    from export import distill
+
+    used = []
+    original = distill.DistillTrainer.__init__
+
+    def spy(self, *args, temperature=2.0, **kwargs):
+        used.append(temperature)
+        original(self, *args, temperature=temperature, **kwargs)
+
+    monkeypatch.setattr(distill.DistillTrainer, "__init__", spy)
+    cfg = load_config(job, ["export.student_temperature=1"])
+    Exporter(cfg).run(["student-1"])  # not forced: a new temperature is a new recipe, so the student is rebuilt
+    assert used == [1.0]
+    assert manifest.read(cfg.job_dir / "export/student-1")["recipe"]["student"]["temperature"] == 1.0
+    with pytest.raises(ConfigError, match="export.student_temperature is 0.0; use a positive number"):
+        load_config(job, ["export.student_temperature=0"])
+
+
 def test_variant_names_compose_student_pruning_and_base(job):
     cfg = load_config(job)
     v = parse_variant("student-3-pruned-20-onnx-int8-dynamic", cfg)
