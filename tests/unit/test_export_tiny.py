@@ -184,7 +184,7 @@ def test_more_distillation_text_joins_the_students_but_never_a_test_or_held_out_
         Exporter(load_config(job, [f"export.student_unlabeled=[{empty}]"]))
 
 
-def test_the_student_temperature_reaches_the_distillation_loss_and_must_be_positive(job, monkeypatch):
+def test_the_student_temperature_reaches_the_distillation_trainer_and_must_be_positive(job, monkeypatch):
     from export import distill
 
     used = []
