@@ -17,9 +17,12 @@ from transformers import Trainer
 from domainlift.config import JobConfig
 from domainlift.training import training_args
 
+TEMPERATURE = 2.0  # of the logit loss, unless the caller sets one (students: export.student_temperature)
+
 
 class DistillTrainer(Trainer):
-    def __init__(self, *args, teacher, kept_layers, task_weight=0.5, temperature=2.0, hidden_weight=0.0, **kwargs):
+    def __init__(self, *args, teacher, kept_layers, task_weight=0.5, temperature=TEMPERATURE, hidden_weight=0.0,
+                 **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device).eval()  # where the Trainer put the student (a GPU if any)
         self.task_weight, self.temperature, self.hidden_weight = task_weight, temperature, hidden_weight
@@ -50,7 +53,7 @@ class DistillTrainer(Trainer):
 
 def distill(model, teacher, dataset, collator, tokenizer, out_dir: Path, cfg: JobConfig, *, epochs: float,
             learning_rate: float, kept_layers: list[int], hidden_weight: float, task_weight: float,
-            temperature: float = 2.0):  # fmt: skip
+            temperature: float = TEMPERATURE):  # fmt: skip
     """Train `model` on `dataset` (the job's train: settings, no evaluation) to mimic `teacher`; return it."""
     args = training_args(cfg.train, out_dir, epochs=epochs, learning_rate=learning_rate, select=False)
     trainer = DistillTrainer(
