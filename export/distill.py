@@ -3,7 +3,8 @@
 Loss = task_weight * task CE + (1 - task_weight) * T^2 * KL(student/T || teacher/T), T = 2 unless set (Hinton et
 al. 2015), plus hidden_weight * the mean squared distance between each student layer's hidden states and those of
 the teacher layer it came from, at real tokens (TinyBERT's intermediate-layer loss; pruning and layer selection keep
-the hidden size). With task_weight 0 no labels are read: a student can learn from unlabeled text alone.
+the hidden size), plus hard_weight * the cross-entropy against the teacher's argmax (0 unless set). With task_weight 0
+no labels are read: a student can learn from unlabeled text alone.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ TEMPERATURE = 2.0  # of the logit loss, unless the caller sets one (students: ex
 
 class DistillTrainer(Trainer):
     def __init__(self, *args, teacher, kept_layers, task_weight=0.5, temperature=TEMPERATURE, hidden_weight=0.0,
-                 **kwargs):  # fmt: skip
+                 hard_weight=0.0, **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device).eval()  # where the Trainer put the student (a GPU if any)
         self.task_weight, self.temperature, self.hidden_weight = task_weight, temperature, hidden_weight
+        self.hard_weight = hard_weight
         self.kept_layers = kept_layers  # student layer j mimics teacher layer kept_layers[j]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -38,9 +40,14 @@ class DistillTrainer(Trainer):
         s, t = out.logits / self.temperature, t_out.logits / self.temperature
         kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="none").sum(-1)
         if kl.dim() == 2:  # tokens: the labelled positions, or every real token of unlabeled text
-            kl = kl[labels != -100] if labels is not None else kl[inputs["attention_mask"].bool()]
+            scored = labels != -100 if labels is not None else inputs["attention_mask"].bool()
+        else:
+            scored = torch.ones_like(kl, dtype=torch.bool)
         weight = self.task_weight if task_loss else 0.0
-        loss = (1 - weight) * self.temperature**2 * kl.mean()
+        loss = (1 - weight) * self.temperature**2 * kl[scored].mean()
+        if self.hard_weight > 0:  # the teacher's answer as a label: a sharp target where its soft one is near 50/50
+            hard = F.cross_entropy(out.logits.transpose(1, -1), t_out.logits.argmax(-1), reduction="none")
+            loss = loss + self.hard_weight * hard[scored].mean()
         if task_loss:
             loss = loss + weight * out.loss
         if hidden:
@@ -53,7 +60,7 @@ class DistillTrainer(Trainer):
 
 def distill(model, teacher, dataset, collator, tokenizer, out_dir: Path, cfg: JobConfig, *, epochs: float,
             learning_rate: float, kept_layers: list[int], hidden_weight: float, task_weight: float,
-            temperature: float = TEMPERATURE):  # fmt: skip
+            temperature: float = TEMPERATURE, hard_weight: float = 0.0):  # fmt: skip
     """Train `model` on `dataset` (the job's train: settings, no evaluation) to mimic `teacher`; return it."""
     args = training_args(cfg.train, out_dir, epochs=epochs, learning_rate=learning_rate, select=False)
     trainer = DistillTrainer(
@@ -67,6 +74,7 @@ def distill(model, teacher, dataset, collator, tokenizer, out_dir: Path, cfg: Jo
         hidden_weight=hidden_weight,
         task_weight=task_weight,
         temperature=temperature,
+        hard_weight=hard_weight,
     )
     trainer.train()
     return trainer.model

@@ -83,6 +83,24 @@ class Exporter:
             raise ExportError(f"variants failed to build: {', '.join(failed)} (see {self.out / 'report.md'})")
         return report
 
+    def compare(self, other: Path) -> dict:
+        """The gate's measures of another model directory (a checkpoint or an exported variant) against this job's
+        checkpoint, e.g. the same job fine-tuned with another seed: what agreement a plain retrain reaches, to set
+        export.min_agreement against."""
+        try:
+            other_cfg = Path(other) / "config.json"
+            if not other_cfg.is_file():
+                raise ConfigError(f"--compare {other}: no model there (no config.json); give a checkpoint directory "
+                                  f"such as artifacts/<job>/checkpoint, or an exported variant's")  # fmt: skip
+            other_labels = json.loads(other_cfg.read_text()).get("id2label", {})
+            if [other_labels.get(str(i)) for i in range(len(self.labels))] != self.labels:
+                raise ConfigError(f"--compare {other}: its labels {list(other_labels.values())} are not the "
+                                  f"checkpoint's {self.labels}, so their answers cannot be compared")  # fmt: skip
+            ref_logits = evaluate.predict(TorchRunner(self.ckpt, self.threads), self.test, self.tokenizer)
+            return self.measure(self.runner(other), ref_logits)
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)
+
     def _check(self, chosen: list[variants.Variant]) -> None:
         prune_layers = self.cfg.export.prune_layers
         if prune_layers and any(v.prune_pct for v in chosen) and prune_layers >= self.num_layers:

@@ -179,6 +179,7 @@ def parse(name: str, cfg: JobConfig) -> Variant:
             "learning_rate": e.student_learning_rate or cfg.train.learning_rate,
             "hidden_weight": e.student_hidden_weight,
             "temperature": e.student_temperature,
+            "hard_weight": e.student_hard_weight,
             "data": "source train texts + target unlabeled (held-out texts excluded)",
             "train": unselected_settings(cfg.train),
         }

@@ -184,23 +184,48 @@ def test_more_distillation_text_joins_the_students_but_never_a_test_or_held_out_
         Exporter(load_config(job, [f"export.student_unlabeled=[{empty}]"]))
 
 
-def test_the_student_temperature_reaches_the_distillation_trainer_and_must_be_positive(job, monkeypatch):
+def test_the_student_loss_settings_reach_the_distillation_trainer_and_are_checked(job, monkeypatch):
     from export import distill
 
     used = []
     original = distill.DistillTrainer.__init__
 
-    def spy(self, *args, temperature=2.0, **kwargs):
-        used.append(temperature)
-        original(self, *args, temperature=temperature, **kwargs)
+    def spy(self, *args, temperature=2.0, hard_weight=0.0, **kwargs):
+        used.append((temperature, hard_weight))
+        original(self, *args, temperature=temperature, hard_weight=hard_weight, **kwargs)
 
     monkeypatch.setattr(distill.DistillTrainer, "__init__", spy)
-    cfg = load_config(job, ["export.student_temperature=1"])
-    Exporter(cfg).run(["student-1"])  # not forced: a new temperature is a new recipe, so the student is rebuilt
-    assert used == [1.0]
-    assert manifest.read(cfg.job_dir / "export/student-1")["recipe"]["student"]["temperature"] == 1.0
+    cfg = load_config(job, ["export.student_temperature=1", "export.student_hard_weight=0.5"])
+    Exporter(cfg).run(["student-1"])  # not forced: new loss settings are a new recipe, so the student is rebuilt
+    assert used == [(1.0, 0.5)]
+    recipe = manifest.read(cfg.job_dir / "export/student-1")["recipe"]["student"]
+    assert (recipe["temperature"], recipe["hard_weight"]) == (1.0, 0.5)
     with pytest.raises(ConfigError, match="export.student_temperature is 0.0; use a positive number"):
         load_config(job, ["export.student_temperature=0"])
+    with pytest.raises(ConfigError, match="export.student_hard_weight is -1.0; use 0"):
+        load_config(job, ["export.student_hard_weight=-1"])
+
+
+def test_compare_measures_another_model_against_the_checkpoint_as_the_gate_does(job, capsys, tmp_path):
+    from export.__main__ import main
+
+    cfg = load_config(job)
+    row = next(r for r in Exporter(cfg).run(["student-1"])["rows"] if r["variant"] == "student-1")
+    q = Exporter(cfg).compare(cfg.job_dir / "export/student-1")
+    assert (q["agreement"], q["unlabeled_agreement"]) == (row["agreement"], row["unlabeled_agreement"])
+    assert Exporter(cfg).compare(cfg.job_dir / "checkpoint")["unlabeled_agreement"] == 1.0
+    assert main(["--config", str(job), "--compare", str(cfg.job_dir / "export/student-1")]) == 0
+    assert f"on held-out target texts {row['unlabeled_agreement']:.4f} of {row['unlabeled_texts']}" in (
+        capsys.readouterr().out
+    )
+    assert main(["--config", str(job), "--compare", str(tmp_path)]) == 2
+    assert "no model there (no config.json)" in capsys.readouterr().err
+    relabelled = shutil.copytree(cfg.job_dir / "checkpoint", tmp_path / "relabelled")
+    config = json.loads((relabelled / "config.json").read_text())
+    config["id2label"] = {"0": "good", "1": "bad"}
+    (relabelled / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="are not the checkpoint's"):
+        Exporter(cfg).compare(relabelled)
 
 
 def test_variant_names_compose_student_pruning_and_base(job):
@@ -256,6 +281,36 @@ def test_the_distillation_teacher_goes_where_the_student_trains(tmp_path, tiny_m
     DistillTrainer(model=AutoModelForSequenceClassification.from_pretrained(tiny_model_dir), args=args,
                    teacher=teacher, kept_layers=[0, 1])  # fmt: skip
     assert sent == [args.device]
+
+
+@pytest.mark.parametrize("head", ["sequence", "token"])
+def test_the_hard_label_loss_is_cross_entropy_on_the_teachers_answers(tmp_path, tiny_model_dir, head):
+    """export.student_hard_weight adds CE(student logits, teacher argmax), over real tokens for token tasks."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, TrainingArguments
+
+    from export.distill import DistillTrainer
+
+    model_class = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}[head]
+    torch.manual_seed(0)  # two different random heads, so the student and the teacher disagree somewhere
+    student, teacher = model_class.from_pretrained(tiny_model_dir), model_class.from_pretrained(tiny_model_dir)
+    inputs = {"input_ids": torch.randint(1000, 2000, (4, 6)), "attention_mask": torch.ones(4, 6, dtype=torch.long)}
+    inputs["attention_mask"][1, 3:] = 0
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+
+    def loss(hard_weight):
+        trainer = DistillTrainer(model=student, args=args, teacher=teacher, kept_layers=[0, 1], task_weight=0.0,
+                                 hard_weight=hard_weight)  # fmt: skip
+        with torch.no_grad():
+            return trainer.compute_loss(student, dict(inputs))
+
+    with torch.no_grad():
+        s, t = student(**inputs).logits, teacher(**inputs).logits
+    ce = F.cross_entropy(s.transpose(1, -1), t.argmax(-1), reduction="none")
+    expected = ce[inputs["attention_mask"].bool()].mean() if head == "token" else ce.mean()
+    assert (s.argmax(-1) != t.argmax(-1)).any(), "the check needs a disagreement to be worth anything"
+    torch.testing.assert_close(loss(0.5) - loss(0.0), 0.5 * expected)
 
 
 @pytest.mark.gpu
