@@ -93,7 +93,7 @@ class Exporter:
                 raise ConfigError(f"--compare {other}: no model there (no config.json); give a checkpoint directory "
                                   f"such as artifacts/<job>/checkpoint, or an exported variant's")  # fmt: skip
             other_labels = json.loads(other_cfg.read_text()).get("id2label", {})
-            if [other_labels.get(str(i)) for i in range(len(self.labels))] != self.labels:
+            if {int(i): name for i, name in other_labels.items()} != dict(enumerate(self.labels)):
                 raise ConfigError(f"--compare {other}: its labels {list(other_labels.values())} are not the "
                                   f"checkpoint's {self.labels}, so their answers cannot be compared")  # fmt: skip
             ref_logits = evaluate.predict(TorchRunner(self.ckpt, self.threads), self.test, self.tokenizer)
