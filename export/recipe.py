@@ -68,7 +68,7 @@ class Exporter:
             self._check(chosen)
             metric = tasks.MAIN_METRIC[self.task]
             log.info("reference: checkpoint in PyTorch fp32 eager, %d test examples", len(self.test))
-            ref_logits = evaluate.predict(TorchRunner(self.ckpt, self.threads), self.test, self.tokenizer)
+            ref_logits = self.checkpoint_logits(self.test)
             ref_quality = evaluate.compare(self.task, self.labels, ref_logits, ref_logits, self.gold)
             size = weights_bytes(self.ckpt)
             rows = [{"variant": REFERENCE, "status": "reference", "runtime": "torch", "size_bytes": size}]
@@ -96,8 +96,7 @@ class Exporter:
             if {int(i): name for i, name in other_labels.items()} != dict(enumerate(self.labels)):
                 raise ConfigError(f"--compare {other}: its labels {list(other_labels.values())} are not the "
                                   f"checkpoint's {self.labels}, so their answers cannot be compared")  # fmt: skip
-            ref_logits = evaluate.predict(TorchRunner(self.ckpt, self.threads), self.test, self.tokenizer)
-            return self.measure(self.runner(other), ref_logits)
+            return self.measure(self.runner(other), self.checkpoint_logits(self.test))
         finally:
             shutil.rmtree(self.work, ignore_errors=True)
 
@@ -279,12 +278,16 @@ class Exporter:
             out["unlabeled_texts"] = len(held)
         return out
 
+    def checkpoint_logits(self, ds):
+        """The checkpoint's logits on tokenized `ds` in PyTorch fp32 eager: what every variant is measured against."""
+        return evaluate.predict(TorchRunner(self.ckpt, self.threads), ds, self.tokenizer)
+
     def held_out_reference(self):
         """The held-out target texts, tokenized, and the checkpoint's logits on them (computed once)."""
         if self._held_out_ref is None:
             held = self.encode(self.held_out, "held-out target texts")
             log.info("checkpoint predictions on %d held-out target texts (agreement)", len(held))
-            self._held_out_ref = held, evaluate.predict(TorchRunner(self.ckpt, self.threads), held, self.tokenizer)
+            self._held_out_ref = held, self.checkpoint_logits(held)
         return self._held_out_ref
 
     def _gate(self, q: dict, ref: dict, metric: str) -> None:
