@@ -1,6 +1,7 @@
 """The one place that turns the job's `train:` section into transformers TrainingArguments, for every phase that
 trains: the task fine-tuning and labelled pre-training (finetune/), DAPT (finetune/phases.py) and the recovery
-fine-tune after pruning (export/prune.py). They share optimiser, schedule, batch size, seed and precision.
+fine-tune after pruning (export/prune.py). They share optimiser, schedule, batch size, seed and precision. Also the
+one word dropout (the noisy student of self-training, the students' noisy distillation texts).
 """
 
 from __future__ import annotations
@@ -108,3 +109,10 @@ def training_args(t: TrainConfig, out: Path, *, epochs: float, learning_rate: fl
         use_cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
         **precision_flags(t.precision),
     )
+
+
+def word_dropout(input_ids, attention_mask, p: float, special_ids: list[int]):
+    """The attention mask with each ordinary token dropped (0) with probability p; special tokens and padding kept."""
+    special = torch.isin(input_ids, torch.tensor(special_ids, device=input_ids.device))
+    drop = (torch.rand(input_ids.shape, device=input_ids.device) < p) & ~special
+    return attention_mask * ~drop

@@ -4,7 +4,9 @@ Loss = task_weight * task CE + (1 - task_weight) * T^2 * KL(student/T || teacher
 al. 2015), plus hidden_weight * the mean squared distance between each student layer's hidden states and those of
 the teacher layer it came from, at real tokens (TinyBERT's intermediate-layer loss; pruning and layer selection keep
 the hidden size), plus hard_weight * the cross-entropy against the teacher's argmax (0 unless set). With task_weight 0
-no labels are read: a student can learn from unlabeled text alone.
+no labels are read: a student can learn from unlabeled text alone. With word_dropout p, half of each step's texts
+reach both models with each ordinary token hidden with probability p: new inputs near the real ones, labelled by
+the teacher (TinyBERT's data augmentation, with word deletion in place of its masked-LM replacement).
 """
 
 from __future__ import annotations
@@ -16,24 +18,29 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from domainlift.config import JobConfig
-from domainlift.training import training_args
+from domainlift.training import training_args, word_dropout
 
 TEMPERATURE = 2.0  # of the logit loss, unless the caller sets one (students: export.student_temperature)
 
 
 class DistillTrainer(Trainer):
     def __init__(self, *args, teacher, kept_layers, task_weight=0.5, temperature=TEMPERATURE, hidden_weight=0.0,
-                 hard_weight=0.0, **kwargs):  # fmt: skip
+                 hard_weight=0.0, word_dropout=0.0, **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device).eval()  # where the Trainer put the student (a GPU if any)
         self.task_weight, self.temperature, self.hidden_weight = task_weight, temperature, hidden_weight
-        self.hard_weight = hard_weight
+        self.hard_weight, self.word_dropout = hard_weight, word_dropout
         self.kept_layers = kept_layers  # student layer j mimics teacher layer kept_layers[j]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         hidden = self.hidden_weight > 0
         labels = inputs.pop("labels", None)
         task_loss = self.task_weight > 0 and labels is not None
+        if self.word_dropout > 0 and model.training:  # the same noisy text for both models, in half of the rows
+            mask = inputs["attention_mask"]
+            noisy = word_dropout(inputs["input_ids"], mask, self.word_dropout, self.processing_class.all_special_ids)
+            rows = torch.rand(len(mask), device=mask.device) < 0.5
+            inputs["attention_mask"] = torch.where(rows[:, None], noisy, mask)
         out = model(**inputs, labels=labels if task_loss else None, output_hidden_states=hidden)
         with torch.no_grad():
             t_out = self.teacher(**inputs, output_hidden_states=hidden)
@@ -60,7 +67,7 @@ class DistillTrainer(Trainer):
 
 def distill(model, teacher, dataset, collator, tokenizer, out_dir: Path, cfg: JobConfig, *, epochs: float,
             learning_rate: float, kept_layers: list[int], hidden_weight: float, task_weight: float,
-            temperature: float = TEMPERATURE, hard_weight: float = 0.0):  # fmt: skip
+            temperature: float = TEMPERATURE, hard_weight: float = 0.0, word_dropout: float = 0.0):  # fmt: skip
     """Train `model` on `dataset` (the job's train: settings, no evaluation) to mimic `teacher`; return it."""
     args = training_args(cfg.train, out_dir, epochs=epochs, learning_rate=learning_rate, select=False)
     trainer = DistillTrainer(
@@ -75,6 +82,7 @@ def distill(model, teacher, dataset, collator, tokenizer, out_dir: Path, cfg: Jo
         task_weight=task_weight,
         temperature=temperature,
         hard_weight=hard_weight,
+        word_dropout=word_dropout,
     )
     trainer.train()
     return trainer.model

@@ -47,7 +47,7 @@ def student_model(ckpt: Path, cfg: JobConfig, texts, tokenizer, out: Path, layer
         student, teacher, texts, tasks.collator(task, tokenizer), tokenizer, out.with_name(out.name + "-distill"),
         cfg, epochs=e.student_epochs, learning_rate=e.student_learning_rate or cfg.train.learning_rate,
         kept_layers=kept, hidden_weight=e.student_hidden_weight, task_weight=0.0, temperature=e.student_temperature,
-        hard_weight=e.student_hard_weight,
+        hard_weight=e.student_hard_weight, word_dropout=e.student_word_dropout,
     )  # fmt: skip
     student.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

@@ -180,6 +180,7 @@ def parse(name: str, cfg: JobConfig) -> Variant:
             "hidden_weight": e.student_hidden_weight,
             "temperature": e.student_temperature,
             "hard_weight": e.student_hard_weight,
+            "word_dropout": e.student_word_dropout,
             "data": "source train texts + target unlabeled (held-out texts excluded)",
             "train": unselected_settings(cfg.train),
         }

@@ -25,6 +25,7 @@ from transformers import Trainer as HFTrainer
 
 from domainlift import tasks
 from domainlift.config import SelfTrainConfig
+from domainlift.training import word_dropout
 
 log = logging.getLogger(__name__)
 SOFT, WEIGHT = "soft", "weight"  # the extra training columns: target distribution, loss weight
@@ -60,13 +61,6 @@ class Trainer(HFTrainer):
         per_text = -(soft * outputs.logits.float().log_softmax(-1)).sum(-1)
         loss = (per_text * weight).sum() / weight.sum()
         return (loss, outputs) if return_outputs else loss
-
-
-def word_dropout(input_ids, attention_mask, p: float, special_ids: list[int]):
-    """The attention mask with each ordinary token dropped (0) with probability p; special tokens and padding kept."""
-    special = torch.isin(input_ids, torch.tensor(special_ids, device=input_ids.device))
-    drop = (torch.rand(input_ids.shape, device=input_ids.device) < p) & ~special
-    return attention_mask * ~drop
 
 
 @torch.inference_mode()

@@ -190,20 +190,23 @@ def test_the_student_loss_settings_reach_the_distillation_trainer_and_are_checke
     used = []
     original = distill.DistillTrainer.__init__
 
-    def spy(self, *args, temperature=2.0, hard_weight=0.0, **kwargs):
-        used.append((temperature, hard_weight))
-        original(self, *args, temperature=temperature, hard_weight=hard_weight, **kwargs)
+    def spy(self, *args, temperature=2.0, hard_weight=0.0, word_dropout=0.0, **kwargs):
+        used.append((temperature, hard_weight, word_dropout))
+        original(self, *args, temperature=temperature, hard_weight=hard_weight, word_dropout=word_dropout, **kwargs)
 
     monkeypatch.setattr(distill.DistillTrainer, "__init__", spy)
-    cfg = load_config(job, ["export.student_temperature=1", "export.student_hard_weight=0.5"])
+    settings = ["export.student_temperature=1", "export.student_hard_weight=0.5", "export.student_word_dropout=0.1"]
+    cfg = load_config(job, settings)
     Exporter(cfg).run(["student-1"])  # not forced: new loss settings are a new recipe, so the student is rebuilt
-    assert used == [(1.0, 0.5)]
+    assert used == [(1.0, 0.5, 0.1)]
     recipe = manifest.read(cfg.job_dir / "export/student-1")["recipe"]["student"]
-    assert (recipe["temperature"], recipe["hard_weight"]) == (1.0, 0.5)
+    assert (recipe["temperature"], recipe["hard_weight"], recipe["word_dropout"]) == (1.0, 0.5, 0.1)
     with pytest.raises(ConfigError, match="export.student_temperature is 0.0; use a positive number"):
         load_config(job, ["export.student_temperature=0"])
     with pytest.raises(ConfigError, match="export.student_hard_weight is -1.0; use 0"):
         load_config(job, ["export.student_hard_weight=-1"])
+    with pytest.raises(ConfigError, match=r"export.student_word_dropout is 1.0; use a probability in \[0, 1\)"):
+        load_config(job, ["export.student_word_dropout=1"])
 
 
 def test_compare_measures_another_model_against_the_checkpoint_as_the_gate_does(job, capsys, tmp_path):
@@ -311,6 +314,44 @@ def test_the_hard_label_loss_is_cross_entropy_on_the_teachers_answers(tmp_path, 
     expected = ce[inputs["attention_mask"].bool()].mean() if head == "token" else ce.mean()
     assert (s.argmax(-1) != t.argmax(-1)).any(), "the check needs a disagreement to be worth anything"
     torch.testing.assert_close(loss(0.5) - loss(0.0), 0.5 * expected)
+
+
+def test_word_dropout_gives_teacher_and_student_the_same_noisy_text_in_half_the_rows(tmp_path, tiny_model_dir):
+    """export.student_word_dropout: while training, about half the rows lose ordinary tokens (never [CLS]/[SEP] or
+    padding), the teacher sees exactly the student's input, and evaluation leaves the input alone."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
+
+    from export.distill import DistillTrainer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    student = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    seen = {}
+    for name, m in (("student", student), ("teacher", teacher)):
+        m.register_forward_pre_hook(lambda _, a, kw, name=name: seen.__setitem__(name, kw["attention_mask"].clone()),
+                                    with_kwargs=True)  # fmt: skip
+    texts = ["a fine kettle that boils water fast and keeps it hot for hours"] * 200 + ["ok"] * 56
+    inputs = dict(tok(texts, padding=True, return_tensors="pt"))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = DistillTrainer(model=student, args=args, processing_class=tok, teacher=teacher, kept_layers=[0, 1],
+                             task_weight=0.0, word_dropout=0.5)  # fmt: skip
+    student.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        trainer.compute_loss(student, dict(inputs))
+    mask, noisy = inputs["attention_mask"], seen["student"]
+    assert torch.equal(seen["teacher"], noisy), "both models see the same noisy text"
+    special = torch.isin(inputs["input_ids"], torch.tensor(tok.all_special_ids))
+    assert torch.equal(noisy[special], mask[special]), "[CLS], [SEP] and padding untouched"
+    changed = (noisy != mask).any(-1)
+    assert 70 < changed[:200].sum() < 130, "about half of the long texts lose tokens"
+    hidden = (mask - noisy)[:200][changed[:200]].sum() / mask[:200][changed[:200]].sum()
+    assert 0.35 < hidden < 0.55, "and those lose about p of their tokens (p = 0.5; [CLS]/[SEP] never)"
+    student.eval()
+    with torch.no_grad():
+        trainer.compute_loss(student, dict(inputs))
+    assert torch.equal(seen["student"], mask) and torch.equal(seen["teacher"], mask), "no noise outside training"
 
 
 @pytest.mark.gpu

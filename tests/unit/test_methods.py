@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, BertForSequenceClassification, TrainingA
 from transformers import Trainer as HFTrainer
 
 from domainlift import data as data_mod
-from domainlift import manifest
+from domainlift import manifest, training
 from domainlift.config import ConfigError, load_config
 from domainlift.tasks import encode_texts
 from finetune.methods import dann, fgm, self_train, udalm
@@ -243,12 +243,12 @@ def test_the_noisy_students_word_dropout_hides_only_ordinary_tokens_at_its_rate(
     torch.manual_seed(0)
     ids = torch.tensor([[101] + [2000 + i for i in range(998)] + [102], [101, 2000, 2001, 102] + [0] * 996])
     mask = (ids != 0).long()
-    out = self_train.word_dropout(ids, mask, 0.2, [0, 101, 102])
+    out = training.word_dropout(ids, mask, 0.2, [0, 101, 102])
     assert out.dtype == mask.dtype and out.shape == mask.shape
     assert (out[:, 0] == 1).all() and out[0, -1] == 1 and out[1, 3] == 1  # [CLS] and [SEP] always seen
     assert (out[1, 4:] == 0).all(), "padding stays hidden"
     assert 0.16 < 1 - out[0, 1:-1].float().mean() < 0.24  # 998 ordinary tokens, each hidden with p = 0.2
-    assert torch.equal(self_train.word_dropout(ids, mask, 0.0, [0, 101, 102]), mask)
+    assert torch.equal(training.word_dropout(ids, mask, 0.0, [0, 101, 102]), mask)
     with pytest.raises(ConfigError, match="noise"):
         load_config(None, ["job=x", "method.name=self-train", "method.self_train.noise=1.0"])
 
