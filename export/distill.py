@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from domainlift import training
 from domainlift.config import JobConfig
-from domainlift.training import training_args, word_dropout
+from domainlift.training import training_args
 
 TEMPERATURE = 2.0  # of the logit loss, unless the caller sets one (students: export.student_temperature)
 
@@ -38,7 +39,8 @@ class DistillTrainer(Trainer):
         task_loss = self.task_weight > 0 and labels is not None
         if self.word_dropout > 0 and model.training:  # the same noisy text for both models, in half of the rows
             mask = inputs["attention_mask"]
-            noisy = word_dropout(inputs["input_ids"], mask, self.word_dropout, self.processing_class.all_special_ids)
+            specials = self.processing_class.all_special_ids
+            noisy = training.word_dropout(inputs["input_ids"], mask, self.word_dropout, specials)
             rows = torch.rand(len(mask), device=mask.device) < 0.5
             inputs["attention_mask"] = torch.where(rows[:, None], noisy, mask)
         out = model(**inputs, labels=labels if task_loss else None, output_hidden_states=hidden)
