@@ -207,6 +207,8 @@ def test_the_student_loss_settings_reach_the_distillation_trainer_and_are_checke
         load_config(job, ["export.student_hard_weight=-1"])
     with pytest.raises(ConfigError, match=r"export.student_word_dropout is 1.0; use a probability in \[0, 1\)"):
         load_config(job, ["export.student_word_dropout=1"])
+    with pytest.raises(ConfigError, match=r"export.student_word_dropout is -0.1; use a probability in \[0, 1\)"):
+        load_config(job, ["export.student_word_dropout=-0.1"])
 
 
 def test_compare_measures_another_model_against_the_checkpoint_as_the_gate_does(job, capsys, tmp_path):
