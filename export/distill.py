@@ -19,7 +19,6 @@ from transformers import Trainer
 
 from domainlift import training
 from domainlift.config import JobConfig
-from domainlift.training import training_args
 
 TEMPERATURE = 2.0  # of the logit loss, unless the caller sets one (students: export.student_temperature)
 
@@ -71,7 +70,7 @@ def distill(model, teacher, dataset, collator, tokenizer, out_dir: Path, cfg: Jo
             learning_rate: float, kept_layers: list[int], hidden_weight: float, task_weight: float,
             temperature: float = TEMPERATURE, hard_weight: float = 0.0, word_dropout: float = 0.0):  # fmt: skip
     """Train `model` on `dataset` (the job's train: settings, no evaluation) to mimic `teacher`; return it."""
-    args = training_args(cfg.train, out_dir, epochs=epochs, learning_rate=learning_rate, select=False)
+    args = training.training_args(cfg.train, out_dir, epochs=epochs, learning_rate=learning_rate, select=False)
     trainer = DistillTrainer(
         model=model,
         args=args,
