@@ -304,7 +304,8 @@ def plot_pareto(report: dict, scored: list[dict], out: Path, plt) -> str:
         if key == "agreement":
             ax.axhline(report["min_agreement"], color="r", linestyle=":", label="export.min_agreement (the gate)")
         ax.set(xlabel=f"p50 latency, {cell}, ms", ylabel=ylabel)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.margins(0.1)  # room for the labels of the points at the edges
+        ax.legend(fontsize=8, loc="best")  # a fixed corner hid the original's point when a student out-scored it
     fig.suptitle(f"{report['job']}: accuracy vs latency")
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_latency.png", dpi=120)
